@@ -1,0 +1,30 @@
+# covidnetx: the two commands (see README). Both do the whole set-up first; set-up is idempotent and
+# skips every step whose result is already there (a second run takes seconds, Horovod is not rebuilt).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export OMPI_ALLOW_RUN_AS_ROOT ?= 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM ?= 1
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo bench clean help
+
+help:
+	@echo "make demo   set-up, then the main job on the built-in synthetic data"
+	@echo "make test   set-up, then the whole test suite"
+	@echo "make bench  set-up, then the benchmarks (benchmarks/)"
+
+setup:
+	@bash .ci/setup_env.sh
+
+test: setup
+	$(PY) -m pytest tests -q -ra $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/covidnetx demo --out demo_out
+
+bench: setup
+	$(PY) benchmarks/pack.py
+
+clean:
+	rm -rf demo_out bench_out .pytest_cache

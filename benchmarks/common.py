@@ -1,0 +1,40 @@
+"""Shared benchmark helpers: timing statistics, hardware naming, CSV output."""
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import statistics
+from pathlib import Path
+
+
+def mean_ci(xs) -> tuple:
+    """mean and 1.96 sigma (the spread convention of Horovod's synthetic benchmark)."""
+    xs = list(xs)
+    m = statistics.fmean(xs)
+    return m, (1.96 * statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def hardware_tag() -> str:
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0).split()[-1].lower().replace(" ", "")
+    except Exception:
+        pass
+    return f"cpu{os.cpu_count()}"
+
+
+def write_csv(path: Path, rows: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".tmp." + path.name)
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+    return path
+
+
+def machine_line() -> str:
+    return f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"

@@ -1,0 +1,49 @@
+"""`covidnetx <subcommand>`: the one entry point. Every subcommand is also `main(argv)` in its module."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from covidnetx import __version__
+from covidnetx.utils import UserError
+
+# name -> (module, help); modules are imported only when their subcommand runs
+SUBCOMMANDS = {
+    "pack": ("data_tools.pack", "pack a raw dataset into verified HDF5 shards (parallel under mpirun)"),
+    "verify": ("data_tools.verify", "recompute checksums/counts of a packed dataset; check patient-disjoint splits"),
+    "inspect": ("data_tools.inspect", "show a packed dataset's index, sample rows, and a mixture/few-shot selection"),
+    "generate": ("data_tools.generate", "write the built-in synthetic multi-domain raw datasets"),
+    "demo": ("covidnetx.demo", "the main job on the built-in default (or given) data"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    p = argparse.ArgumentParser(prog="covidnetx", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"covidnetx {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    for name, (mod, help_) in SUBCOMMANDS.items():
+        sp = sub.add_parser(name, help=help_, description=help_)
+        m = importlib.import_module(mod)
+        m.build_parser(sp)
+        sp.set_defaults(func=m.run)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"covidnetx {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

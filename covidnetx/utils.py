@@ -1,0 +1,60 @@
+"""Small shared helpers: atomic writes, hashing, user-facing errors."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+class UserError(Exception):
+    """A problem with the user's input (file, row, key, option). The CLI prints it once and exits 2."""
+
+
+def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(bufsize)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def tmp_path_for(path: str | os.PathLike) -> Path:
+    """A temporary sibling name that is unique per process and never mistaken for the final file."""
+    p = Path(path)
+    return p.with_name(f".tmp.{os.getpid()}.{p.name}")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp.{p.name}.", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def dumps_json(obj) -> str:
+    """Deterministic JSON (sorted keys, fixed separators) so identical content gives identical bytes."""
+    return json.dumps(obj, sort_keys=True, indent=1, separators=(",", ": "), allow_nan=True) + "\n"
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write_bytes(path, dumps_json(obj).encode())
+
+
+def stable_hash(obj, n: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:n]

@@ -1,0 +1,353 @@
+"""The MPI packer: raw dataset -> HDF5 shards + index (the schema of covidnetx.data.hdf5).
+
+Work is defined by sample ranges, never by rank: the plan (splits, shard boundaries, per-shard content
+hash) is computed identically on every rank, shards are dealt to ranks, and each shard is a pure function
+of its plan. So the output is byte-identical for any number of ranks, and a rerun after a crash keeps
+every shard whose file and sidecar checksum agree with the plan and writes only the rest. Rank 0 writes
+``index.json`` last; a directory without it is not a dataset.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from covidnetx import __version__
+from covidnetx.data import hdf5 as H
+from covidnetx.launch import get_comm, quiet_barrier
+from covidnetx.utils import UserError, atomic_write_json, sha256_file, stable_hash
+from data_tools.adapters import ADAPTERS, get_adapter
+from data_tools.images import RESIZE_MODES, image_channels, load_image
+from data_tools.manifest import Manifest
+from data_tools.splits import assign_splits, parse_fractions
+
+
+def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="covidnetx pack", description=__doc__.split("\n")[0])
+    p.add_argument("kind", choices=sorted(ADAPTERS), help="raw layout")
+    p.add_argument("raw_root", help="root folder of the raw dataset")
+    p.add_argument("out_dir", help="output folder (index.json + shards/)")
+    p.add_argument("--size", type=int, default=None, help="target size in pixels (see --resize); default keep")
+    p.add_argument("--resize", choices=RESIZE_MODES, default="shorter-crop",
+                   help="shorter-crop: shorter side to SIZE, centre crop SIZExSIZE (default)")
+    p.add_argument("--channels", choices=("auto", "1", "3"), default="auto",
+                   help="1 = gray, 3 = RGB; auto = the adapter's default or the first image's")
+    p.add_argument("--encoding", choices=H.ENCODINGS, default="png",
+                   help="png/jpeg: encoded bytes (small, GPU-decodable); raw: uint8 arrays (no decode)")
+    p.add_argument("--jpeg-quality", type=int, default=95)
+    p.add_argument("--png-level", type=int, default=1, choices=range(10), metavar="0-9",
+                   help="zlib level of png encoding: 1 (default) packs ~3x faster than 6 for ~15%% more bytes")
+    p.add_argument("--shard-size", type=int, default=1024, help="samples per shard file")
+    p.add_argument("--splits", default="0.7,0.15,0.15",
+                   help="train,val,test fractions for sources without official splits (patient-grouped)")
+    p.add_argument("--val-fraction", type=float, default=0.0,
+                   help="carve a patient-grouped val split of this fraction out of an official train split")
+    p.add_argument("--ignore-official-splits", action="store_true",
+                   help="regroup by patient with --splits even where the source has official splits")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split assignment")
+    p.add_argument("--csv", dest="csv_file", default=None, help="metadata CSV (csv/nih/padchest/ieee8023 kinds)")
+    p.add_argument("--classes", default=None, help="comma-separated class list (order = label index)")
+    p.add_argument("--map", dest="label_map", default=None, help="rename labels: old=new,old2=new2")
+    p.add_argument("--uncertain", choices=("ignore", "ones", "zeros"), default="ignore",
+                   help="CheXpert/MIMIC -1 labels: U-ignore (NaN, masked), U-ones, U-zeros")
+    p.add_argument("--blank", choices=("ignore", "zeros"), default="ignore",
+                   help="CheXpert/MIMIC blank labels: NaN (unknown, masked) or 0")
+    p.add_argument("--all-views", action="store_true", help="keep lateral views (default: frontal only)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable images, listing them in the index, instead of failing")
+    p.add_argument("--name", default=None, help="dataset name (default: the output folder's name)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+# ----------------------------------------------------------------------------------------------------
+# plan
+# ----------------------------------------------------------------------------------------------------
+def adapter_options(args) -> dict:
+    opts = {"frontal_only": not args.all_views, "uncertain": args.uncertain, "blank": args.blank}
+    if args.csv_file:
+        opts["csv_file"] = args.csv_file
+    if args.classes:
+        opts["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
+    if args.label_map:
+        pairs = [kv.split("=", 1) for kv in args.label_map.split(",") if kv.strip()]
+        if any(len(kv) != 2 for kv in pairs):
+            raise UserError(f"--map {args.label_map!r}: expected old=new,old2=new2")
+        opts["label_map"] = {a.strip(): b.strip() for a, b in pairs}
+    return opts
+
+
+def label_array(manifest: Manifest, rows) -> np.ndarray:
+    if manifest.label_kind == "multiclass":
+        pos = {c: i for i, c in enumerate(manifest.class_names)}
+        return np.array([pos[r.label] for r in rows], dtype=np.int64)
+    return np.array([r.label for r in rows], dtype=np.float32).reshape(len(rows), len(manifest.class_names))
+
+
+def make_plan(args) -> dict:
+    """Everything every rank must agree on, computed from the raw metadata alone (deterministic)."""
+    if args.shard_size < 1:
+        raise UserError("--shard-size must be >= 1")
+    if args.size is not None and args.size < 1:
+        raise UserError("--size must be >= 1")
+    manifest = get_adapter(args.kind)(args.raw_root, **adapter_options(args))
+    manifest.check()
+    fractions = parse_fractions(args.splits)
+    if not 0 <= args.val_fraction < 1:
+        raise UserError("--val-fraction must be in [0, 1)")
+    splits = assign_splits(manifest, fractions, args.seed, args.val_fraction, not args.ignore_official_splits)
+    if args.channels == "auto":
+        if manifest.default_channels:
+            channels = manifest.default_channels
+        else:
+            first = Path(manifest.root) / manifest.rows[0].path
+            try:
+                channels = image_channels(str(first))
+            except Exception as e:
+                raise UserError(f"{manifest.rows[0].where or first}: {first}: cannot read image ({e})") from None
+    else:
+        channels = int(args.channels)
+    settings = {"encoding": args.encoding, "channels": channels, "size": args.size, "resize": args.resize,
+                "jpeg_quality": args.jpeg_quality if args.encoding == "jpeg" else None,
+                "png_level": args.png_level if args.encoding == "png" else None,
+                "label_kind": manifest.label_kind, "class_names": manifest.class_names,
+                "schema_version": H.SCHEMA_VERSION}
+    shards = []
+    for split, idx in splits.items():
+        for k, start in enumerate(range(0, len(idx), args.shard_size)):
+            part = idx[start:start + args.shard_size]
+            content = [(manifest.rows[i].path, manifest.rows[i].label if manifest.label_kind == "multiclass"
+                        else [None if np.isnan(v) else v for v in manifest.rows[i].label],
+                        manifest.rows[i].patient_id, manifest.rows[i].view, manifest.rows[i].source)
+                       for i in part]
+            shards.append({"split": split, "k": k, "start": start, "rows": part,
+                           "file": H.shard_name(split, k),
+                           "plan_hash": stable_hash([settings, split, k, start, content], 32)})
+    return {"manifest": manifest, "splits": splits, "settings": settings, "shards": shards}
+
+
+def deal(shards: list, size: int) -> list:
+    """Shard i -> rank: largest shards first, each to the least-loaded rank (deterministic)."""
+    load = [0] * size
+    owner = [0] * len(shards)
+    for i in sorted(range(len(shards)), key=lambda i: (-len(shards[i]["rows"]), i)):
+        r = min(range(size), key=lambda r: (load[r], r))
+        owner[i] = r
+        load[r] += len(shards[i]["rows"])
+    return owner
+
+
+# ----------------------------------------------------------------------------------------------------
+# one shard
+# ----------------------------------------------------------------------------------------------------
+def shard_is_done(out: Path, sh: dict) -> bool:
+    f, side = out / sh["file"], out / H.sidecar_name(sh["file"])
+    if not (f.is_file() and side.is_file()):
+        return False
+    try:
+        import json
+        meta = json.loads(side.read_text())
+    except ValueError:
+        return False
+    return meta.get("plan_hash") == sh["plan_hash"] and meta.get("sha256") == sha256_file(f)
+
+
+def pack_shard(out: Path, plan: dict, sh: dict, skip_bad: bool, progress=None) -> None:
+    manifest, st = plan["manifest"], plan["settings"]
+    root = Path(manifest.root)
+    images, shapes, kept, skipped = [], [], [], []
+    for i in sh["rows"]:
+        r = manifest.rows[i]
+        src = root / r.path
+        try:
+            arr = load_image(str(src), st["channels"], st["size"], st["resize"])
+        except Exception as e:  # PIL raises many kinds for corrupt files
+            reason = "file not found" if not src.exists() else f"cannot read image ({type(e).__name__}: {e})"
+            if not skip_bad:
+                raise UserError(f"{r.where or r.path}: {src}: {reason}") from None
+            skipped.append({"row": r.where, "path": r.path, "reason": reason})
+        else:
+            if st["encoding"] == "raw" and shapes and tuple(arr.shape) != tuple(shapes[0]):
+                raise UserError(f"{r.where or r.path}: {src}: image is {arr.shape[1]}x{arr.shape[0]} but "
+                                f"{manifest.rows[kept[0]].path} is {shapes[0][1]}x{shapes[0][0]}; raw encoding "
+                                f"needs one size: pass --size")
+            images.append(H.encode_image(arr, st["encoding"], st["jpeg_quality"] or 95, st["png_level"] or 1))
+            shapes.append(arr.shape)
+            kept.append(i)
+        if progress is not None:
+            progress.update(1)
+    rows = [manifest.rows[i] for i in kept]
+    labels = label_array(manifest, rows)
+    attrs = {"schema_version": H.SCHEMA_VERSION, "split": sh["split"], "shard_index": sh["k"],
+             "planned_start": sh["start"], "count": len(rows), "encoding": st["encoding"],
+             "channels": st["channels"], "label_kind": st["label_kind"], "class_names": st["class_names"],
+             "plan_hash": sh["plan_hash"]}
+    strings = {"patient_id": [r.patient_id for r in rows], "view": [r.view for r in rows],
+               "source": [r.source for r in rows], "path": [r.path for r in rows]}
+    f = out / sh["file"]
+    H.write_shard(f, images=images, shapes=np.array(shapes, np.int32).reshape(-1, 3), labels=labels,
+                  strings=strings, attrs=attrs)
+    counts = {}
+    for r, lab in zip(rows, labels):
+        names = [st["class_names"][lab]] if st["label_kind"] == "multiclass" else \
+            [c for c, v in zip(st["class_names"], lab) if v == 1.0]
+        for c in names:
+            counts.setdefault(c, {}).setdefault(r.source, 0)
+            counts[c][r.source] += 1
+    atomic_write_json(out / H.sidecar_name(sh["file"]), {
+        "file": sh["file"], "plan_hash": sh["plan_hash"], "sha256": sha256_file(f), "count": len(rows),
+        "bytes": f.stat().st_size, "image_shape": list(shapes[0]) if st["encoding"] == "raw" and shapes else None,
+        "counts": counts, "skipped": skipped})
+
+
+# ----------------------------------------------------------------------------------------------------
+# index
+# ----------------------------------------------------------------------------------------------------
+def build_index(out: Path, plan: dict, args) -> dict:
+    import json
+    st, manifest = plan["settings"], plan["manifest"]
+    splits, counts, skipped, sources = {}, {}, [], set()
+    raw_shape = None
+    for sh in plan["shards"]:
+        meta = json.loads((out / H.sidecar_name(sh["file"])).read_text())
+        if st["encoding"] == "raw" and meta["image_shape"] is not None:
+            if raw_shape is None:
+                raw_shape = meta["image_shape"]
+            elif meta["image_shape"] != raw_shape:
+                raise UserError(f"{sh['file']}: images are {meta['image_shape']} but earlier shards hold "
+                                f"{raw_shape}; raw encoding needs one size: pass --size")
+        entry = splits.setdefault(sh["split"], {"count": 0, "shards": []})
+        entry["shards"].append({"file": sh["file"], "start": entry["count"], "count": meta["count"],
+                                "sha256": meta["sha256"], "bytes": meta["bytes"]})
+        entry["count"] += meta["count"]
+        for c, by_src in meta["counts"].items():
+            for s, n in by_src.items():
+                d = counts.setdefault(sh["split"], {}).setdefault(c, {})
+                d[s] = d.get(s, 0) + n
+                sources.add(s)
+        skipped.extend(meta["skipped"])
+    for r in manifest.rows:
+        sources.add(r.source)
+    if st["label_kind"] == "multiclass":
+        present = {c for split in counts.values() for c in split}
+        empty = [c for c in st["class_names"] if c not in present]
+        if empty:
+            raise UserError(f"{args.raw_root}: class {empty[0]!r} has no readable images after skipping bad "
+                            f"files (empty: {', '.join(empty)})")
+    image_size = raw_shape[:2] if raw_shape else ([st["size"], st["size"]]
+                                                  if st["size"] and st["resize"] in ("shorter-crop", "stretch")
+                                                  else None)
+    return {
+        "format": H.FORMAT_NAME, "schema_version": H.SCHEMA_VERSION,
+        "name": args.name or Path(args.out_dir).resolve().name, "kind": args.kind,
+        "label_kind": st["label_kind"], "class_names": st["class_names"], "encoding": st["encoding"],
+        "channels": st["channels"], "image_size": image_size, "sources": sorted(sources),
+        "num_samples": sum(s["count"] for s in splits.values()), "splits": splits, "counts": counts,
+        "skipped": skipped,
+        "made_by": {"tool": "covidnetx pack", "version": __version__, "kind": args.kind,
+                    "raw_root": str(Path(args.raw_root).resolve()),
+                    "options": {k: getattr(args, k) for k in sorted(vars(args))
+                                if k not in ("kind", "raw_root", "out_dir", "no_progress", "func")},
+                    "adapter_notes": manifest.notes},
+    }
+
+
+def clean_stale(out: Path, plan: dict) -> None:
+    keep = {sh["file"] for sh in plan["shards"]} | {H.sidecar_name(sh["file"]) for sh in plan["shards"]}
+    d = out / H.SHARD_DIR
+    if d.is_dir():
+        for p in d.iterdir():
+            rel = f"{H.SHARD_DIR}/{p.name}"
+            if rel not in keep:
+                p.unlink()
+
+
+# ----------------------------------------------------------------------------------------------------
+# driver
+# ----------------------------------------------------------------------------------------------------
+def run(args) -> int:
+    import time
+    t0 = time.perf_counter()
+    comm = get_comm()
+    rank, size = comm.Get_rank(), comm.Get_size()
+    out = Path(args.out_dir)
+    error = None
+    plan = None
+    try:
+        plan = make_plan(args)
+    except UserError as e:
+        error = str(e)
+    errors = comm.allgather(error)          # every rank computes the same plan; agree before writing
+    if any(errors):
+        if rank == 0:
+            print(f"covidnetx pack: error: {next(e for e in errors if e)}", file=sys.stderr)
+        return 2
+    if rank == 0:
+        (out / H.SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        idx = out / H.INDEX_NAME
+        if idx.exists():
+            idx.unlink()                    # the dataset is incomplete until the new index is written
+    comm.Barrier()
+    owner = deal(plan["shards"], size)
+    mine = [sh for sh, o in zip(plan["shards"], owner) if o == rank]
+    progress = None
+    if rank == 0 and not args.no_progress:
+        from tqdm import tqdm
+        progress = tqdm(total=sum(len(sh["rows"]) for sh in mine), unit="img",
+                        desc=f"pack rank 0/{size}", file=sys.stderr, mininterval=1.0)
+    done = written = 0
+    try:
+        for sh in mine:
+            if shard_is_done(out, sh):
+                done += 1
+                if progress is not None:
+                    progress.update(len(sh["rows"]))
+                continue
+            pack_shard(out, plan, sh, args.skip_bad, progress)
+            written += 1
+    except UserError as e:
+        error = f"rank {rank}: {e}"
+    except Exception as e:  # noqa: BLE001 - reported with its rank, then every rank exits
+        error = f"rank {rank}: {type(e).__name__}: {e}\n{traceback.format_exc()}"
+    if progress is not None:
+        progress.close()
+    quiet_barrier(comm)
+    results = comm.allgather((error, done, written))
+    errors = [r[0] for r in results if r[0]]
+    if errors:
+        if rank == 0:
+            print(f"covidnetx pack: error: {errors[0]}", file=sys.stderr)
+        return 2
+    status = 0
+    if rank == 0:
+        try:
+            index = build_index(out, plan, args)
+            clean_stale(out, plan)
+            H.write_index(out, index)
+            kept = sum(r[1] for r in results)
+            new = sum(r[2] for r in results)
+            per = ", ".join(f"{s} {v['count']}" for s, v in index["splits"].items())
+            dt = time.perf_counter() - t0
+            print(f"packed {index['num_samples']} images ({per}) into {len(plan['shards'])} shards at {out} "
+                  f"[{new} written, {kept} kept from an earlier run; {size} rank(s)] "
+                  f"in {dt:.2f} s ({index['num_samples'] / dt:.0f} img/s)"
+                  + (f"; skipped {len(index['skipped'])} unreadable image(s), listed in index.json"
+                     if index["skipped"] else ""))
+        except UserError as e:
+            print(f"covidnetx pack: error: {e}", file=sys.stderr)
+            status = 2
+    return comm.bcast(status, root=0)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""`covidnetx verify OUT_DIR`: recompute checksums and counts of a packed dataset, print the
+split x class x source table, and fail naming the patient if a patient appears in two splits."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+import h5py
+import numpy as np
+
+from covidnetx.data import hdf5 as H
+from covidnetx.utils import UserError, sha256_file
+
+
+def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="covidnetx verify", description=__doc__.split("\n")[0])
+    p.add_argument("out_dir", help="a packed dataset (index.json + shards/)")
+    p.add_argument("--quiet", action="store_true", help="print problems only")
+    return p
+
+
+def verify(root) -> tuple[list, dict, dict]:
+    """Return (problems, counts[split][class][source], patients[split] -> set)."""
+    root = Path(root)
+    index = H.load_index(root)
+    problems, counts, patients = [], {}, {}
+    names = index["class_names"]
+    for split, entry in index["splits"].items():
+        total = 0
+        for sh in entry["shards"]:
+            f = root / sh["file"]
+            if not f.is_file():
+                problems.append(f"{sh['file']}: missing")
+                continue
+            if sha256_file(f) != sh["sha256"]:
+                problems.append(f"{sh['file']}: checksum mismatch (file changed or corrupt)")
+                continue
+            with h5py.File(f, "r") as h:
+                n = h["label"].shape[0]
+                if any(h[k].shape[0] != n for k in ("image",) + H.STRING_FIELDS):
+                    problems.append(f"{sh['file']}: datasets of different lengths")
+                if n != sh["count"]:
+                    problems.append(f"{sh['file']}: holds {n} samples, index says {sh['count']}")
+                labels = h["label"][()]
+                srcs = [s.decode() if isinstance(s, bytes) else s for s in h["source"][()]]
+                pids = [s.decode() if isinstance(s, bytes) else s for s in h["patient_id"][()]]
+            total += n
+            for lab, src, pid in zip(labels, srcs, pids):
+                if index["label_kind"] == "multiclass":
+                    if not 0 <= int(lab) < len(names):
+                        problems.append(f"{sh['file']}: label {int(lab)} out of range")
+                        continue
+                    cls = [names[int(lab)]]
+                else:
+                    cls = [c for c, v in zip(names, lab) if v == 1.0]
+                for c in cls:
+                    d = counts.setdefault(split, {}).setdefault(c, {})
+                    d[src] = d.get(src, 0) + 1
+                if pid:
+                    patients.setdefault(split, set()).add(pid)
+        if not problems and total != entry["count"]:
+            problems.append(f"split {split}: {total} samples, index says {entry['count']}")
+    if not problems and counts != index.get("counts", counts):
+        problems.append("class counts differ from the index")
+    splits = sorted(patients)
+    for a_i, a in enumerate(splits):
+        for b in splits[a_i + 1:]:
+            shared = sorted(patients[a] & patients[b])
+            if shared:
+                problems.append(f"patient {shared[0]} appears in splits {a} and {b}"
+                                + (f" ({len(shared)} patients shared)" if len(shared) > 1 else ""))
+    return problems, counts, patients
+
+
+def format_table(index: dict, counts: dict) -> str:
+    names = index["class_names"]
+    sources = index["sources"]
+    lines = [f"{'split':<6} {'class':<28} " + " ".join(f"{s[:24]:>24}" for s in sources) + f" {'total':>7}"]
+    for split in [s for s in ("train", "val", "test") if s in index["splits"]]:
+        for c in names:
+            row = counts.get(split, {}).get(c, {})
+            lines.append(f"{split:<6} {c[:28]:<28} " + " ".join(f"{row.get(s, 0):>24}" for s in sources)
+                         + f" {sum(row.values()):>7}")
+        lines.append(f"{split:<6} {'(images)':<28} " + " " * (25 * len(sources)) +
+                     f"{index['splits'][split]['count']:>7}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    try:
+        index = H.load_index(args.out_dir)
+        problems, counts, patients = verify(args.out_dir)
+    except UserError as e:
+        print(f"covidnetx verify: error: {e}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(f"{args.out_dir}: {index['name']} ({index['kind']}), {index['num_samples']} images, "
+              f"{index['label_kind']}, {len(index['class_names'])} classes, encoding {index['encoding']}, "
+              f"{index['channels']} channel(s)")
+        print(format_table(index, counts))
+        print("patients per split: " + ", ".join(f"{s} {len(p)}" for s, p in sorted(patients.items()))
+              + (" (no patient ids)" if not patients else ""))
+        if index.get("skipped"):
+            print(f"skipped at pack time: {len(index['skipped'])} image(s) (see index.json)")
+    for p in problems:
+        print(f"covidnetx verify: {args.out_dir}: {p}", file=sys.stderr)
+    if problems:
+        return 1
+    if not args.quiet:
+        print("OK: checksums, counts and patient-disjoint splits verified")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
