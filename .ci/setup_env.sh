@@ -73,8 +73,8 @@ else
     log "reusing $whl"
   fi
   $PIP install --no-deps "$whl"
-  # horovod's own runtime dependencies (cloudpickle, psutil, pyyaml, packaging)
-  $PIP install cloudpickle psutil pyyaml packaging
+  # horovod's own runtime dependencies
+  $PIP install cloudpickle psutil pyyaml packaging cffi
 fi
 
 # ---- 4. the project itself (editable) ------------------------------------------------------------

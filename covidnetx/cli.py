@@ -13,6 +13,8 @@ SUBCOMMANDS = {
     "verify": ("data_tools.verify", "recompute checksums/counts of a packed dataset; check patient-disjoint splits"),
     "inspect": ("data_tools.inspect", "show a packed dataset's index, sample rows, and a mixture/few-shot selection"),
     "generate": ("data_tools.generate", "write the built-in synthetic multi-domain raw datasets"),
+    "pretrain": ("covidnetx.train.pretrain", "pre-train a model on a packed source (Horovod / torch.distributed / single)"),
+    "transfer": ("covidnetx.train.transfer", "transfer to a packed target: full fine-tune, linear probe or few-shot"),
     "demo": ("covidnetx.demo", "the main job on the built-in default (or given) data"),
 }
 

@@ -112,6 +112,34 @@ class Mixture:
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def encoding(self) -> str:
+        return self.parts[0].encoding
+
+    @property
+    def channels(self) -> int:
+        return max(p.channels for p in self.parts)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
     def read_image(self, i: int) -> np.ndarray:
         part, j = self.items[i]
         return self.parts[part].read_image(int(j))
+
+    def read_stored(self, i: int) -> np.ndarray:
+        part, j = self.items[i]
+        return self.parts[part].read_stored(int(j))
+
+    def stored_shape(self, i: int) -> np.ndarray:
+        part, j = self.items[i]
+        return self.parts[part].stored_shape(int(j))
+
+    def subset(self, indices) -> "Mixture":
+        """The same mixture restricted to ``indices`` (few-shot selections); no data is copied."""
+        out = object.__new__(Mixture)
+        out.__dict__.update(self.__dict__)
+        idx = np.asarray(indices, np.int64)
+        out.items, out.labels = self.items[idx], self.labels[idx]
+        return out

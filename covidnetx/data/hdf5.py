@@ -213,6 +213,8 @@ class PackedDataset:
                 col = np.concatenate(parts)
             elif key == "label" and self.label_kind == "multilabel":
                 col = np.zeros((0, self.num_classes), np.float32)
+            elif key == "shape":
+                col = np.zeros((0, 3), np.int32)
             else:
                 col = np.zeros((0,), np.int64 if key == "label" else object)
             self._meta[key] = col
@@ -233,6 +235,10 @@ class PackedDataset:
     @property
     def paths(self) -> np.ndarray:
         return self._column("path")
+
+    def stored_shape(self, i: int) -> np.ndarray:
+        """Decoded (H, W, C) of sample i (from the ``shape`` column; no image read)."""
+        return self._column("shape")[i]
 
     def read_stored(self, i: int) -> np.ndarray:
         """The stored form: encoded bytes as uint8 array (png/jpeg) or the HWC array (raw)."""

@@ -1,0 +1,240 @@
+"""Typed run configuration: dataclasses, YAML load, dotted ``key=value`` overrides, dump.
+
+Unknown keys and values of the wrong type are errors that name the key. The resolved config is saved
+in every run directory and every checkpoint, and its hash identifies the run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+import yaml
+
+from covidnetx.utils import UserError, stable_hash
+
+
+@dataclass
+class DataConfig:
+    sources: List[str] = field(default_factory=list)     # packed dataset folders (a mixture if several)
+    label_space: str = "union"                            # union | intersection (mixtures)
+    rename: dict = field(default_factory=dict)            # class renames before merging
+    fraction: float = 1.0                                 # source data fraction (data-size axis)
+    fraction_seed: int = 0
+    train_split: str = "train"
+    eval_split: str = "val"                               # val | test | "" (no evaluation)
+    loader: str = "torch"                                 # torch | dali
+    device: str = "cpu"                                   # where DALI runs: cpu | gpu
+    workers: int = 0                                      # loader worker processes per rank
+    image_size: int = 32                                  # model input (crop) size
+    resize_size: int = 0                                  # eval: resize shorter side to this (0 = image_size)
+    augment: bool = True                                  # random-resized-crop, flip, small rotation
+    crop_scale: float = 0.5                               # smallest crop area fraction
+    rotate_deg: float = 5.0
+    mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: List[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet_w8"
+    init_from: str = ""            # checkpoint (head dropped) or a user-provided weights file
+    drop_head: bool = True
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"              # sgd | adamw
+    lr: float = 0.003              # per global batch base_batch (scaled linearly with the global batch)
+    base_batch: int = 512
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 32           # per rank
+    steps: int = 0                 # 0 = BiT-HyperRule (by training-set size)
+    warmup_steps: int = -1         # -1 = BiT-HyperRule / 5% of steps
+    schedule: str = "step"         # step (/10 at decay points) | cosine | constant
+    decay_at: List[float] = field(default_factory=lambda: [0.4, 0.6, 0.8])   # fractions of steps
+    accum_steps: int = 1           # gradient accumulation (Horovod backward_passes_per_step)
+    grad_clip: float = 0.0
+    mixup: float = -1.0            # -1 = BiT-HyperRule (0.1 at >= 20k examples, else 0)
+
+
+@dataclass
+class Config:
+    task: str = "pretrain"         # pretrain | transfer
+    regime: str = "full"           # full | linear | fewshot (transfer)
+    shots: List[int] = field(default_factory=lambda: [1, 5, 10, 25])
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    seed: int = 0
+    loss: str = "auto"             # auto | ce | bce (masked multi-label)
+    hyperrule: bool = True         # BiT-HyperRule defaults for transfer where a value is left unset
+    backend: str = "horovod"       # horovod | torch | none
+    fp16_allreduce: bool = False   # Horovod fp16 compression
+    precision: str = "fp32"        # fp32 | bf16 | fp16 (fp16 only on CUDA)
+    out_dir: str = "runs"
+    run_name: str = ""             # "" = derived from the config hash
+    resume: str = ""               # explicit checkpoint to resume from
+    eval_every: int = 0            # 0 = only at the end
+    ckpt_every: int = 0            # 0 = only at the end (and on a signal)
+    log_every: int = 10
+    results: str = ""              # results table (JSONL); "" = OUT_DIR/results.jsonl
+    source_name: str = ""          # label for the source composition in results ("" = derived)
+    target_name: str = ""
+    threads: int = 0               # torch CPU threads per rank (0 = cores / local ranks)
+    bootstrap: int = 200           # bootstrap resamples for metric CIs
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+CHOICES = {
+    "task": ("pretrain", "transfer"), "regime": ("full", "linear", "fewshot"), "loss": ("auto", "ce", "bce"),
+    "backend": ("horovod", "torch", "none"), "precision": ("fp32", "bf16", "fp16"),
+    "data.label_space": ("union", "intersection"), "data.loader": ("torch", "dali"),
+    "data.device": ("cpu", "gpu"), "optim.name": ("sgd", "adamw"),
+    "optim.schedule": ("step", "cosine", "constant"),
+}
+
+
+def _coerce(key: str, tp, value):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"config key {key!r}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key + ".")
+    if origin in (list, List):
+        (inner,) = typing.get_args(tp)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            raise UserError(f"config key {key!r}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", inner, v) for i, v in enumerate(value)]
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"config key {key!r}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"config key {key!r}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"config key {key!r}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):          # YAML 1.1 reads 1e-3 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"config key {key!r}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise UserError(f"config key {key!r}: expected a string, got {value!r}")
+    return value
+
+
+def _build(cls, d: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in d:
+        if k not in names:
+            raise UserError(f"unknown config key {prefix + k!r} (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(prefix + k, hints[k], v) for k, v in d.items()}
+    obj = cls(**kwargs)
+    return obj
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def validate(cfg: Config) -> Config:
+    flat = flatten(to_dict(cfg))
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise UserError(f"config key {key!r}: {flat[key]!r} is not one of {', '.join(allowed)}")
+    if cfg.optim.batch_size < 1 or cfg.optim.accum_steps < 1:
+        raise UserError("config key 'optim.batch_size'/'optim.accum_steps': must be >= 1")
+    if not 0 < cfg.data.fraction <= 1:
+        raise UserError(f"config key 'data.fraction': {cfg.data.fraction} is not in (0, 1]")
+    return cfg
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k not in ("rename",):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def apply_overrides(d: dict, overrides: list) -> dict:
+    """``a.b=value`` pairs; values are parsed as YAML (numbers, true/false, [lists], {maps})."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise UserError(f"override {item!r}: cannot parse value ({e})") from None
+        node = d
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise UserError(f"unknown config key {key!r}")
+            node = node[p]
+        node[parts[-1]] = value
+    return d
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list] = None, base: Optional[dict] = None) -> Config:
+    d: dict = {} if base is None else dict(base)
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            from importlib import resources
+            packaged = resources.files("covidnetx") / "configs" / (path if path.endswith(".yaml") else path + ".yaml")
+            if packaged.is_file():
+                p = Path(str(packaged))
+            else:
+                raise UserError(f"config file {path!r} not found (nor a packaged preset of that name)")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{p}: not valid YAML ({e})") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"{p}: expected a mapping at the top level")
+        d = _merge(d, loaded)
+    full = to_dict(Config())
+    d = _merge(full, d)
+    d = apply_overrides(d, overrides or [])
+    return validate(_build(Config, d))
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "rename":
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=True)
+
+
+def config_hash(cfg: Config, exclude=("out_dir", "results", "resume", "run_name", "eval_every", "ckpt_every",
+                                      "log_every", "threads")) -> str:
+    d = {k: v for k, v in to_dict(cfg).items() if k not in exclude}
+    return stable_hash(d, 12)

@@ -1,0 +1,203 @@
+"""The only module that imports horovod or torch.distributed.
+
+Everything else gets a :class:`Dist` with plain values (rank, local_rank, size, is_primary) and a few
+collectives. Backends: ``horovod`` (MPI or Gloo controller, whatever horovodrun/mpirun/srun started),
+``torch`` (torch.distributed, gloo on CPU / nccl on GPU, ranks from srun/mpirun/torchrun), ``none``.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from typing import Optional
+
+import numpy as np
+import torch
+
+from covidnetx.launch import World, world_from_env
+from covidnetx.utils import UserError
+
+
+class Dist:
+    backend = "none"
+
+    def __init__(self, world: World, device: torch.device):
+        self.rank, self.size, self.local_rank = world.rank, world.size, world.local_rank
+        self.device = device
+
+    @property
+    def is_primary(self) -> bool:
+        return self.rank == 0
+
+    # -- collectives on numpy arrays (small: metrics, flags) --
+    def allreduce_sum(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x)
+
+    def allgather(self, x: np.ndarray) -> np.ndarray:
+        """Concatenate along axis 0 in rank order (first dims may differ)."""
+        return np.asarray(x)
+
+    def broadcast_object(self, obj, root: int = 0):
+        return obj
+
+    def barrier(self) -> None:
+        pass
+
+    # -- training --
+    def broadcast_state(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> None:
+        pass
+
+    def wrap_optimizer(self, optimizer, model, accum_steps: int, fp16_allreduce: bool):
+        return optimizer
+
+    def sync_grads(self, model: torch.nn.Module) -> None:
+        """Average gradients across ranks where the optimizer does not (torch backend)."""
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _pick_device(local_rank: int, want: str) -> torch.device:
+    if want == "cpu" or not torch.cuda.is_available():
+        if want == "cuda":
+            raise UserError("device 'cuda' requested but no GPU is visible")
+        return torch.device("cpu")
+    # Horovod/torch: pin the device by local rank
+    n = torch.cuda.device_count()
+    torch.cuda.set_device(local_rank % n)
+    return torch.device("cuda", local_rank % n)
+
+
+class HorovodDist(Dist):
+    backend = "horovod"
+
+    def __init__(self, want_device: str):
+        try:
+            import horovod.torch as hvd
+        except ImportError as e:
+            raise UserError(f"backend 'horovod' needs horovod built against torch ({e}); run make setup "
+                            f"or use backend=torch/none") from None
+        self.hvd = hvd
+        hvd.init()                                                   # Horovod: initialize
+        world = World(hvd.rank(), hvd.size(), hvd.local_rank())
+        super().__init__(world, _pick_device(hvd.local_rank(), want_device))  # Horovod: pin device by local rank
+
+    def allreduce_sum(self, x):
+        t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        return self.hvd.allreduce(t, op=self.hvd.Sum, name=None).numpy()
+
+    def allgather(self, x):
+        t = torch.as_tensor(np.ascontiguousarray(x))
+        return self.hvd.allgather(t).numpy()
+
+    def broadcast_object(self, obj, root=0):
+        return self.hvd.broadcast_object(obj, root_rank=root)
+
+    def barrier(self):
+        self.hvd.allreduce(torch.zeros(1), name="barrier")
+
+    def broadcast_state(self, model, optimizer):
+        # Horovod: broadcast parameters & optimizer state from rank 0
+        self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        if optimizer is not None:
+            self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+
+    def wrap_optimizer(self, optimizer, model, accum_steps, fp16_allreduce):
+        # Horovod: wrap the optimizer (allreduce of gradients, optional fp16 compression, accumulation)
+        compression = self.hvd.Compression.fp16 if fp16_allreduce else self.hvd.Compression.none
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        return self.hvd.DistributedOptimizer(optimizer, named_parameters=params, compression=compression,
+                                             backward_passes_per_step=accum_steps, op=self.hvd.Average)
+
+    def shutdown(self):
+        self.hvd.shutdown()
+
+
+class TorchDist(Dist):
+    backend = "torch"
+
+    def __init__(self, want_device: str):
+        import torch.distributed as td
+        self.td = td
+        world = world_from_env()
+        os.environ.setdefault("RANK", str(world.rank))
+        os.environ.setdefault("WORLD_SIZE", str(world.size))
+        if "MASTER_ADDR" not in os.environ:
+            addr, port = _rendezvous(world)
+            os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
+        device = _pick_device(world.local_rank, want_device)
+        td.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank,
+                              world_size=world.size)
+        super().__init__(world, device)
+
+    def _t(self, x):
+        return torch.as_tensor(x).to(self.device)
+
+    def allreduce_sum(self, x):
+        t = self._t(np.asarray(x, dtype=np.float64))
+        self.td.all_reduce(t)
+        return t.cpu().numpy()
+
+    def allgather(self, x):
+        objs = [None] * self.size
+        self.td.all_gather_object(objs, np.asarray(x))
+        return np.concatenate(objs)
+
+    def broadcast_object(self, obj, root=0):
+        box = [obj]
+        self.td.broadcast_object_list(box, src=root)
+        return box[0]
+
+    def barrier(self):
+        self.td.barrier()
+
+    def broadcast_state(self, model, optimizer):
+        for t in model.state_dict().values():
+            self.td.broadcast(t, src=0)
+        if optimizer is not None:
+            state = self.broadcast_object(optimizer.state_dict() if self.rank == 0 else None)
+            optimizer.load_state_dict(state)
+
+    def sync_grads(self, model):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.td.all_reduce(flat)
+        flat /= self.size
+        o = 0
+        for g in grads:
+            g.copy_(flat[o:o + g.numel()].view_as(g))
+            o += g.numel()
+
+    def shutdown(self):
+        self.td.destroy_process_group()
+
+
+def _rendezvous(world: World):
+    """MASTER_ADDR/PORT when the launcher did not set them: rank 0 picks a free port, MPI broadcasts it."""
+    if world.size == 1:
+        return "127.0.0.1", _free_port()
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    info = (socket.gethostname(), _free_port()) if comm.Get_rank() == 0 else None
+    host, port = comm.bcast(info, root=0)
+    return ("127.0.0.1" if host == socket.gethostname() else host), port
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def init(backend: str = "horovod", device: str = "auto") -> Dist:
+    if backend == "horovod":
+        return HorovodDist(device)
+    if backend == "torch":
+        return TorchDist(device)
+    if backend == "none":
+        w = world_from_env()
+        if w.size > 1:
+            raise UserError(f"backend 'none' but the launcher started {w.size} ranks; use horovod or torch")
+        return Dist(w, _pick_device(0, device))
+    raise UserError(f"unknown backend {backend!r} (horovod | torch | none)")

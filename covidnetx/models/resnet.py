@@ -1,0 +1,67 @@
+"""ResNets: a width/depth family small enough for a CPU size axis, plus torchvision's ResNets."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from covidnetx.models import register
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.short = None
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return torch.relu(y + (x if self.short is None else self.short(x)))
+
+
+class SmallResNet(nn.Module):
+    """4 stages of BasicBlocks with widths w, 2w, 4w, 8w; a 3x3 stem (for 32-128 px inputs)."""
+
+    def __init__(self, width: int, depths=(1, 1, 1, 1)):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        layers, cin = [], width
+        for i, d in enumerate(depths):
+            cout = width * 2 ** i
+            for j in range(d):
+                layers.append(BasicBlock(cin, cout, 2 if (j == 0 and i > 0) else 1))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.out_dim = cin
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1)
+
+
+# the CPU size axis: ~20k ... ~11M parameters (> 500x)
+SMALL = {"resnet_w4": (4, (1, 1, 1, 1)), "resnet_w8": (8, (1, 1, 1, 1)), "resnet_w16": (16, (1, 1, 1, 1)),
+         "resnet_w32": (32, (2, 2, 2, 2)), "resnet_w64": (64, (2, 2, 2, 2))}
+for _name, (_w, _d) in SMALL.items():
+    register(_name)(lambda w=_w, d=_d: (lambda m: (m, m.out_dim))(SmallResNet(w, d)))
+
+
+def _tv(name):
+    def build():
+        import torchvision
+        m = getattr(torchvision.models, name)(weights=None)
+        dim = m.fc.in_features
+        m.fc = nn.Identity()
+        return m, dim
+    return build
+
+
+for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
+    register(_name)(_tv(_name))

@@ -1,0 +1,377 @@
+"""One training engine for pre-training and every transfer regime.
+
+Horovod's steps, in order (each marked ``# Horovod:``): init and device pinning happen in ``dist.init``;
+data is sharded by global rank (covidnetx.data.loader); the LR is scaled by the global batch with a
+linear warmup; parameters and optimizer state are broadcast from rank 0; the optimizer is wrapped in
+DistributedOptimizer. Only rank 0 writes (TensorBoard, checkpoints, results); all ranks meet after
+checkpoints and evaluations.
+
+Resume order: this run's own directory (last.ckpt) -> an explicit ``resume`` checkpoint -> ``init_from``
+(weights only, head dropped) -> scratch. On SIGUSR1/SIGTERM every rank agrees at the next step, rank 0
+saves, and the process exits with EXIT_REQUEUE so the job script can requeue.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from covidnetx import config as C
+from covidnetx.data.loader import Preprocess, make_loader
+from covidnetx.eval.metrics import all_metrics, bootstrap_ci, confusion, from_confusion
+from covidnetx.models import count_params, create_model, flops_per_sample, load_weights
+from covidnetx.results import append_row
+from covidnetx.train.schedule import bit_hyperrule, lr_at
+from covidnetx.utils import UserError
+
+EXIT_REQUEUE = 75           # EX_TEMPFAIL: "saved, run me again"
+CKPT = "last.ckpt"
+DONE = "done.json"
+
+
+class Interrupted(Exception):
+    """Raised after the checkpoint of a signalled run is safely on disk."""
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".tmp.{os.getpid()}.{path.name}")
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with open(tmp, "wb") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def masked_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    known = ~torch.isnan(target)
+    if not known.any():
+        return logits.sum() * 0.0
+    return nn.functional.binary_cross_entropy_with_logits(logits[known], target[known].float())
+
+
+class Trainer:
+    def __init__(self, cfg: C.Config, dist, train_view, eval_view, run_dir: Path, meta: dict):
+        self.cfg, self.dist, self.train_view, self.eval_view = cfg, dist, train_view, eval_view
+        self.run_dir, self.meta = Path(run_dir), dict(meta)
+        self.multilabel = train_view.label_kind == "multilabel"
+        self.class_names = list(train_view.class_names)
+        loss = cfg.loss if cfg.loss != "auto" else ("bce" if self.multilabel else "ce")
+        if loss == "ce" and self.multilabel:
+            raise UserError("config key 'loss': ce needs multi-class labels; these are multi-label (use bce)")
+        self.loss_name = loss
+        self.device = dist.device
+        o = cfg.optim
+        rule = bit_hyperrule(len(train_view))
+        use_rule = cfg.task == "transfer" and cfg.hyperrule
+        self.steps = o.steps or (rule["steps"] if use_rule else 1000)
+        self.warmup = o.warmup_steps if o.warmup_steps >= 0 else (
+            min(rule["warmup"], self.steps // 5) if use_rule else max(1, self.steps // 20))
+        self.decay_at = ([d for d in rule["decay_at"] if d < self.steps] if (use_rule and not o.steps)
+                         else [int(f * self.steps) for f in o.decay_at])
+        self.mixup = o.mixup if o.mixup >= 0 else (rule["mixup"] if use_rule else 0.0)
+        self.global_batch = o.batch_size * dist.size * o.accum_steps
+        # Horovod: scale the learning rate by the global batch (i.e. by the number of ranks), with warmup
+        self.base_lr = o.lr * self.global_batch / o.base_batch
+        self.pp = Preprocess(image_size=cfg.data.image_size, resize_size=cfg.data.resize_size,
+                             augment=cfg.data.augment, crop_scale=cfg.data.crop_scale,
+                             rotate_deg=cfg.data.rotate_deg, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
+        self.stop_requested = False
+
+    # ------------------------------------------------------------------------------------------------
+    def _build(self):
+        cfg, dist = self.cfg, self.dist
+        torch.manual_seed(cfg.seed)
+        model = create_model(cfg.model.name, len(self.class_names))
+        self.flops_fwd = flops_per_sample(model, cfg.data.image_size)
+        start, state, how = 0, None, "scratch"
+        own = self.run_dir / CKPT
+        if own.is_file():
+            state, how = torch.load(own, map_location="cpu", weights_only=False), f"resumed from {own}"
+        elif cfg.resume:
+            if not os.path.isfile(cfg.resume):
+                raise UserError(f"config key 'resume': checkpoint {cfg.resume!r} not found")
+            state, how = torch.load(cfg.resume, map_location="cpu", weights_only=False), f"resumed from {cfg.resume}"
+        elif cfg.model.init_from:
+            ck = load_weights(model, cfg.model.init_from, drop_head=cfg.model.drop_head)
+            how = f"initialised from {cfg.model.init_from} (head {'dropped' if cfg.model.drop_head else 'kept'})"
+            self.meta.setdefault("init_meta", ck.get("meta", {}))
+        if state is not None:
+            if state["class_names"] != self.class_names:
+                raise UserError(f"checkpoint classes {state['class_names']} differ from the task's {self.class_names}")
+            model.load_state_dict(state["model"])
+            start = int(state["step"])
+        if cfg.regime == "linear" and cfg.task == "transfer":
+            model.freeze_backbone()
+        model.to(self.device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        o = cfg.optim
+        if o.name == "sgd":
+            opt = torch.optim.SGD(params, lr=self.base_lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        else:
+            opt = torch.optim.AdamW(params, lr=self.base_lr, weight_decay=o.weight_decay)
+        if state is not None and state.get("optimizer"):
+            opt.load_state_dict(state["optimizer"])
+        # Horovod: broadcast parameters and optimizer state from rank 0
+        dist.broadcast_state(model, opt)
+        # Horovod: wrap the optimizer (named_parameters, compression, backward_passes_per_step)
+        opt = dist.wrap_optimizer(opt, model, o.accum_steps, cfg.fp16_allreduce)
+        self.scaler = None
+        if cfg.precision == "fp16":
+            if self.device.type != "cuda":
+                raise UserError("precision fp16 needs a GPU; use bf16 on CPU")
+            self.scaler = torch.amp.GradScaler("cuda")
+            if state is not None and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+        self.model, self.opt, self.start_step, self.how = model, opt, start, how
+        self.samples_before = int(state.get("samples_seen", start * self.global_batch)) if state else 0
+
+    def _autocast(self):
+        if self.cfg.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _loss(self, logits, y):
+        if self.loss_name == "bce":
+            return masked_bce(logits.float(), y.to(logits.device))
+        return nn.functional.cross_entropy(logits.float(), y.to(logits.device))
+
+    # ------------------------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame):
+        self.stop_requested = True
+
+    def _agree_stop(self) -> bool:
+        flag = np.array([1.0 if self.stop_requested else 0.0])
+        return bool(self.dist.allreduce_sum(flag)[0] > 0)
+
+    def save(self, step: int, samples_seen: int) -> None:
+        if self.dist.is_primary:
+            inner = self.opt
+            state = {"model": self.model.state_dict(), "optimizer": inner.state_dict(), "step": step,
+                     "samples_seen": samples_seen, "class_names": self.class_names, "config": C.dump(self.cfg),
+                     "scaler": self.scaler.state_dict() if self.scaler else None, "meta": self.meta_for_ckpt(step, samples_seen)}
+            atomic_torch_save(state, self.run_dir / CKPT)
+        self.dist.barrier()
+
+    def meta_for_ckpt(self, step, samples_seen) -> dict:
+        return {"model": self.cfg.model.name, "params": count_params(self.model),
+                "source": self.meta.get("source"), "source_fraction": self.meta.get("source_fraction"),
+                "steps": step, "samples_seen": samples_seen,
+                "flops": 3 * self.flops_fwd * samples_seen, "classes": self.class_names}
+
+    # ------------------------------------------------------------------------------------------------
+    def evaluate(self, step: int) -> dict:
+        if self.eval_view is None:
+            return {}
+        cfg, dist = self.cfg, self.dist
+        self.model.eval()
+        loader = make_loader(cfg.data.loader, self.eval_view, self.pp, cfg.optim.batch_size, cfg.seed, dist.rank,
+                             dist.size, workers=cfg.data.workers, train=False, device=cfg.data.device,
+                             torch_device=self.device)
+        k = len(self.class_names)
+        scores, labels = [], []
+        with torch.no_grad():
+            for b in loader:
+                with self._autocast():
+                    logits = self.model(b["image"].to(self.device, non_blocking=True))
+                p = torch.sigmoid(logits.float()) if self.multilabel else torch.softmax(logits.float(), 1)
+                keep = b["valid"].bool()
+                scores.append(p[keep.to(p.device)].cpu().numpy())
+                labels.append(b["label"][keep].numpy())
+        self.model.train()
+        scores = np.concatenate(scores) if scores else np.zeros((0, k), np.float32)
+        labels = np.concatenate(labels) if labels else np.zeros((0,) if not self.multilabel else (0, k))
+        out = {}
+        if not self.multilabel:
+            # exact: confusion counts over un-padded samples, summed over ranks
+            cm = dist.allreduce_sum(confusion(labels, scores.argmax(1) if len(scores) else np.zeros(0), k))
+            out.update(from_confusion(cm.astype(np.int64), self.class_names))
+        all_scores = dist.allgather(scores.astype(np.float32))
+        all_labels = dist.allgather(labels.astype(np.float32 if self.multilabel else np.int64))
+        if dist.is_primary:
+            m = all_metrics(all_labels, all_scores, self.class_names, self.multilabel)
+            m.update(out)          # the exact, all-reduced counts win (they must agree)
+            m.update(bootstrap_ci(all_labels, all_scores, self.class_names, self.multilabel, cfg.bootstrap, cfg.seed))
+            out = m
+        out = dist.broadcast_object(out)
+        if out.get("n") != len(self.eval_view):
+            raise RuntimeError(f"evaluation counted {out.get('n')} samples, the split has {len(self.eval_view)}")
+        return out
+
+    def result_row(self, metrics: dict, step: int, samples_seen: int, img_per_s: float, final: bool) -> dict:
+        cfg = self.cfg
+        row = {
+            "run_id": self.run_dir.name, "task": cfg.task, "model": cfg.model.name,
+            "params": count_params(self.model), "trainable_params": count_params(self.model, trainable_only=True),
+            "source": self.meta.get("source"), "source_fraction": self.meta.get("source_fraction"),
+            "target": self.meta.get("target"), "regime": cfg.regime if cfg.task == "transfer" else "pretrain",
+            "shots": self.meta.get("shots"), "seed": cfg.seed, "world_size": self.dist.size,
+            "global_batch": self.global_batch, "steps": step, "total_steps": self.steps,
+            "samples_seen": samples_seen, "train_size": len(self.train_view),
+            "flops": 3 * self.flops_fwd * samples_seen, "flops_per_sample_fwd": self.flops_fwd,
+            "pretrain_flops": (self.meta.get("init_meta") or {}).get("flops"),
+            "pretrain_steps": (self.meta.get("init_meta") or {}).get("steps"),
+            "alignment": self.meta.get("alignment"), "img_per_s": img_per_s, "precision": cfg.precision,
+            "loader": cfg.data.loader, "backend": self.dist.backend, "eval_split": cfg.data.eval_split,
+            "git_sha": git_sha(), "config_hash": C.config_hash(cfg), "final": final, "time": time.time(),
+        }
+        for k in ("accuracy", "balanced_accuracy", "auc", "ap"):
+            row[k] = metrics.get(k)
+        row.update({k: v for k, v in metrics.items() if k not in row})
+        return row
+
+    # ------------------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg, dist = self.cfg, self.dist
+        if dist.is_primary:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(C.dump(cfg))
+        dist.barrier()
+        self._build()
+        writer = None
+        if dist.is_primary:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.start_step or None)
+            print(f"[{self.run_dir.name}] {self.how}; {len(self.train_view)} train samples, {self.steps} steps, "
+                  f"global batch {self.global_batch}, lr {self.base_lr:.4g}, {dist.size} rank(s), "
+                  f"{count_params(self.model)} params", flush=True)
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGUSR1, signal.SIGTERM)}
+        results = cfg.results or str(Path(cfg.out_dir) / "results.jsonl")
+        metrics: dict = {}
+        try:
+            step = self.start_step
+            samples = self.samples_before
+            loader = make_loader(cfg.data.loader, self.train_view, self.pp, cfg.optim.batch_size, cfg.seed,
+                                 dist.rank, dist.size, workers=cfg.data.workers, train=True,
+                                 start_step=step * cfg.optim.accum_steps,
+                                 steps=(self.steps - step) * cfg.optim.accum_steps, device=cfg.data.device,
+                                 torch_device=self.device)
+            self.model.train()
+            t_data = t_comp = 0.0
+            n_timed = 0
+            t_last = time.perf_counter()
+            while step < self.steps:
+                if self._agree_stop():
+                    self.save(step, samples)
+                    raise Interrupted(step)
+                lr = lr_at(step, base=self.base_lr, steps=self.steps, warmup=self.warmup,
+                           schedule=cfg.optim.schedule, decay_at=self.decay_at)
+                for g in self.opt.param_groups:
+                    g["lr"] = lr
+                loss_sum = 0.0
+                for micro in range(cfg.optim.accum_steps):
+                    t0 = time.perf_counter()
+                    b = next(loader)
+                    x = b["image"].to(self.device, non_blocking=True)
+                    y = b["label"]
+                    t1 = time.perf_counter()
+                    with self._autocast():
+                        logits = self.model(x)
+                    loss = self._loss(logits, y)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"non-finite loss ({loss.item()}) at step {step}, rank {dist.rank}")
+                    scaled = loss / cfg.optim.accum_steps
+                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                    loss_sum += loss.item()
+                    t_data += t1 - t0
+                    t_comp += time.perf_counter() - t1
+                self._step()
+                step += 1
+                samples += self.global_batch
+                n_timed += 1
+                if dist.is_primary and (step % cfg.log_every == 0 or step == self.steps):
+                    now = time.perf_counter()
+                    ips = n_timed * self.global_batch / max(1e-9, now - t_last)
+                    writer.add_scalar("train/loss", loss_sum / cfg.optim.accum_steps, step)
+                    writer.add_scalar("train/lr", lr, step)
+                    writer.add_scalar("train/img_per_s", ips, step)
+                    writer.add_scalar("train/data_time_frac", t_data / max(1e-9, t_data + t_comp), step)
+                if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < self.steps:
+                    self.save(step, samples)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < self.steps:
+                    m = self.evaluate(step)
+                    if dist.is_primary:
+                        self._log_eval(writer, m, step, results, samples, 0.0, final=False)
+            elapsed = time.perf_counter() - t_last
+            img_per_s = n_timed * self.global_batch / max(1e-9, elapsed) if n_timed else 0.0
+            self.save(step, samples)
+            metrics = self.evaluate(step)
+            metrics["ranks_in_sync"] = self.ranks_in_sync()
+            if dist.is_primary:
+                row = self._log_eval(writer, metrics, step, results, samples, img_per_s, final=True)
+                from covidnetx.utils import atomic_write_json
+                atomic_write_json(self.run_dir / DONE, row)
+                print(f"[{self.run_dir.name}] done at step {step}: " + ", ".join(
+                    f"{k} {metrics[k]:.4f}" for k in ("accuracy", "balanced_accuracy", "auc")
+                    if isinstance(metrics.get(k), float)) + f"; {img_per_s:.1f} img/s", flush=True)
+            dist.barrier()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            if writer is not None:
+                writer.close()
+        return metrics
+
+    def ranks_in_sync(self) -> bool:
+        """True when every rank holds bit-identical parameters (compares per-rank checksums)."""
+        with torch.no_grad():
+            flat = torch.cat([p.detach().double().reshape(-1).cpu() for p in self.model.parameters()])
+            w = torch.arange(1, flat.numel() + 1, dtype=torch.float64).remainder_(97).add_(1)
+            sums = np.array([[flat.sum().item(), (flat * flat).sum().item(), (flat * w).sum().item()]])
+        allv = self.dist.allgather(sums)
+        return bool(np.all(allv == allv[0]))
+
+    def _step(self):
+        clip = self.cfg.optim.grad_clip
+        self.dist.sync_grads(self.model)
+        if self.scaler is not None:
+            # Horovod + AMP: synchronize, unscale, then step without a second synchronize
+            if hasattr(self.opt, "synchronize"):
+                self.opt.synchronize()
+            self.scaler.unscale_(self.opt)
+            if clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            ctx = self.opt.skip_synchronize() if hasattr(self.opt, "skip_synchronize") else contextlib.nullcontext()
+            with ctx:
+                self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            if clip:
+                if hasattr(self.opt, "synchronize"):
+                    self.opt.synchronize()
+                    nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                    with self.opt.skip_synchronize():
+                        self.opt.step()
+                else:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+                    self.opt.step()
+            else:
+                self.opt.step()
+        self.opt.zero_grad()
+
+    def _log_eval(self, writer, m, step, results, samples, img_per_s, final) -> dict:
+        for k, v in m.items():
+            if isinstance(v, float) and np.isfinite(v) and "/" not in k and not k.endswith(("_lo", "_hi")):
+                writer.add_scalar(f"eval/{k}", v, step)
+        row = self.result_row(m, step, samples, img_per_s, final)
+        append_row(results, row)
+        return row

@@ -1,0 +1,164 @@
+"""`covidnetx pretrain` and `covidnetx transfer`: configs -> data views -> Trainer runs.
+
+    covidnetx pretrain --config CONFIG.yaml [key=value ...]
+    covidnetx transfer --config CONFIG.yaml regime=full|linear|fewshot [key=value ...]
+
+Exit codes: 0 done, 2 configuration/input error (one message naming the key or file), 3 non-finite
+loss (names the step), 75 interrupted by SIGUSR1/SIGTERM after saving a checkpoint (requeue me).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from covidnetx import config as C
+from covidnetx.data.compose import Mixture, few_shot
+from covidnetx.data.hdf5 import PackedDataset
+from covidnetx.utils import UserError
+
+EXIT_NONFINITE = 3
+
+
+def build_parser(parser: Optional[argparse.ArgumentParser] = None, task: str = "pretrain") -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog=f"covidnetx {task}")
+    p.add_argument("--config", default=None, help="YAML config file or packaged preset name")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.01 data.sources=[a,b]")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(task=task)
+    return p
+
+
+def _check_sources(cfg: C.Config) -> None:
+    if not cfg.data.sources:
+        raise UserError("config key 'data.sources': no packed dataset given")
+    for s in cfg.data.sources:
+        if not (Path(s) / "index.json").is_file():
+            raise UserError(f"config key 'data.sources': {s!r} is not a packed dataset (no index.json)")
+
+
+def _views(cfg: C.Config):
+    _check_sources(cfg)
+    train_parts = [PackedDataset(s, cfg.data.train_split) for s in cfg.data.sources]
+    frac = cfg.data.fraction if cfg.task == "pretrain" else 1.0
+    train = Mixture(train_parts, cfg.data.label_space, frac, cfg.data.fraction_seed, cfg.data.rename)
+    ev = None
+    if cfg.data.eval_split:
+        ev = Mixture([PackedDataset(s, cfg.data.eval_split) for s in cfg.data.sources], cfg.data.label_space,
+                     1.0, 0, cfg.data.rename)
+        if ev.class_names != train.class_names:
+            raise UserError("train and eval splits map to different class lists")
+    return train, ev
+
+
+def _name(cfg: C.Config) -> str:
+    return "+".join(PackedDataset(s, cfg.data.train_split).index["name"] for s in cfg.data.sources)
+
+
+def _init_meta(path: str) -> dict:
+    if not path or not os.path.isfile(path):
+        return {}
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    return ck.get("meta", {}) if isinstance(ck, dict) else {}
+
+
+def plan_runs(cfg: C.Config) -> list:
+    """[(config, meta, subset indices or None)] for one command: one run, or shots x seeds for few-shot."""
+    _check_sources(cfg)
+    base_hash = C.config_hash(cfg)
+    if cfg.task == "pretrain":
+        name = cfg.run_name or f"pretrain-{cfg.model.name}-{base_hash}"
+        meta = {"source": cfg.source_name or _name(cfg), "source_fraction": cfg.data.fraction,
+                "target": cfg.target_name or _name(cfg), "shots": None}
+        return [(C.load_config(base=C.to_dict(cfg), overrides=[f"run_name={name}"]), meta, None)]
+    im = _init_meta(cfg.model.init_from)
+    meta = {"source": cfg.source_name or im.get("source") or ("scratch" if not cfg.model.init_from else "unknown"),
+            "source_fraction": im.get("source_fraction"), "target": cfg.target_name or _name(cfg),
+            "init_meta": im}
+    if cfg.regime != "fewshot":
+        name = cfg.run_name or f"transfer-{cfg.regime}-{cfg.model.name}-{base_hash}"
+        return [(C.load_config(base=C.to_dict(cfg), overrides=[f"run_name={name}"]), {**meta, "shots": None}, None)]
+    train, _ = _views(cfg)
+    if train.label_kind != "multiclass":
+        raise UserError("few-shot transfer needs a multi-class target")
+    runs = []
+    for k in cfg.shots:
+        for seed in cfg.seeds:
+            idx = few_shot(train.labels, train.class_names, k, seed)
+            name = f"{cfg.run_name or f'transfer-fewshot-{cfg.model.name}-{base_hash}'}-k{k}-s{seed}"
+            sub = C.load_config(base=C.to_dict(cfg), overrides=[f"run_name={name}", f"seed={seed}",
+                                                                 f"shots=[{k}]", f"seeds=[{seed}]"])
+            runs.append((sub, {**meta, "shots": k}, idx))
+    return runs
+
+
+def run_one(cfg: C.Config, meta: dict, subset, dist) -> dict:
+    from covidnetx.train.engine import DONE, Trainer
+    run_dir = Path(cfg.out_dir) / cfg.run_name
+    if (run_dir / DONE).is_file():
+        if dist.is_primary:
+            print(f"[{cfg.run_name}] already done; skipping", flush=True)
+        return json.loads((run_dir / DONE).read_text())
+    train, ev = _views(cfg)
+    if subset is not None:
+        train = train.subset(subset)
+    return Trainer(cfg, dist, train, ev, run_dir, meta).fit()
+
+
+def _threads(cfg: C.Config) -> None:
+    from covidnetx.launch import world_from_env
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    else:
+        local = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "0") or 0)
+                    or world_from_env().size)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+
+
+def run(args) -> int:
+    from covidnetx import dist as D
+    from covidnetx.train.engine import EXIT_REQUEUE, Interrupted
+    try:
+        cfg = C.load_config(args.config, [f"task={args.task}"] + list(args.overrides))
+    except UserError as e:
+        print(f"covidnetx {args.task}: error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(C.dump(cfg))
+        return 0
+    _threads(cfg)
+    dist = None
+    try:
+        dist = D.init(cfg.backend, "cuda" if cfg.data.device == "gpu" else "auto")
+        for sub, meta, subset in plan_runs(cfg):
+            run_one(sub, meta, subset, dist)
+        return 0
+    except UserError as e:
+        if dist is None or dist.is_primary:
+            print(f"covidnetx {args.task}: error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:
+        print(f"covidnetx {args.task}: error: {e}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except Interrupted as e:
+        if dist.is_primary:
+            print(f"covidnetx {args.task}: interrupted at step {e.args[0]}; checkpoint saved, exit {EXIT_REQUEUE} "
+                  f"(requeue to continue)", file=sys.stderr, flush=True)
+        return EXIT_REQUEUE
+    finally:
+        if dist is not None:
+            dist.shutdown()
+
+
+def main_pretrain(argv=None) -> int:
+    return run(build_parser(task="pretrain").parse_args(argv))
+
+
+def main_transfer(argv=None) -> int:
+    return run(build_parser(task="transfer").parse_args(argv))

@@ -1,0 +1,48 @@
+import pytest
+
+from covidnetx import config as C
+from covidnetx.utils import UserError
+
+
+def test_defaults_overrides_and_yaml(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model: {name: resnet_w16}\noptim: {lr: 0.01}\n")
+    cfg = C.load_config(str(f), ["optim.batch_size=8", "data.sources=[a, b]", "shots=[1,5]", "precision=bf16"])
+    assert cfg.model.name == "resnet_w16" and cfg.optim.lr == 0.01 and cfg.optim.batch_size == 8
+    assert cfg.data.sources == ["a", "b"] and cfg.shots == [1, 5] and cfg.precision == "bf16"
+    assert cfg.optim.momentum == 0.9                       # untouched defaults stay
+    again = C.load_config(base=C.to_dict(cfg))
+    assert C.dump(again) == C.dump(cfg) and C.config_hash(again) == C.config_hash(cfg)
+    assert C.config_hash(C.load_config(base=C.to_dict(cfg), overrides=["out_dir=elsewhere"])) == C.config_hash(cfg)
+    assert C.config_hash(C.load_config(base=C.to_dict(cfg), overrides=["seed=3"])) != C.config_hash(cfg)
+
+
+def test_packaged_presets_load():
+    for name in ("pretrain_cpu", "transfer_cpu", "bit_juwels"):
+        cfg = C.load_config(name)
+        assert cfg.task in ("pretrain", "transfer")
+    assert C.load_config("bit_juwels").model.name == "bit_r50x1"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optim.lrr=1"], "unknown config key 'optim.lrr'"),
+    (["nosuch=1"], "unknown config key 'nosuch'"),
+    (["optim.batch_size=eight"], "config key 'optim.batch_size': expected an integer, got 'eight'"),
+    (["data.augment=3"], "config key 'data.augment': expected true/false"),
+    (["regime=zeroshot"], "config key 'regime': 'zeroshot' is not one of full, linear, fewshot"),
+    (["data.fraction=1.5"], "config key 'data.fraction'"),
+    (["optim"], "expected key=value"),
+])
+def test_bad_config_names_the_key(overrides, message):
+    with pytest.raises(UserError) as e:
+        C.load_config(None, overrides)
+    assert message in str(e.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(UserError, match="config file 'nope.yaml' not found"):
+        C.load_config("nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {name: [\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        C.load_config(str(bad))

@@ -1,0 +1,102 @@
+"""Single-process training (backend none): artifacts, errors, resume equality."""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from covidnetx.cli import main
+from covidnetx.results import REQUIRED_FIELDS, load_results
+from tests.conftest import REPO, run_cli
+from tests.train_helpers import loss_falls, pretrain_args, scalars, transfer_args
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory, cxr_small, natural_small):
+    root = tmp_path_factory.mktemp("packed")
+    run_cli("pack", "csv", natural_small, root / "nat", "--no-progress", "--val-fraction", "0.1")
+    run_cli("pack", "csv", cxr_small, root / "cxr", "--size", "32", "--no-progress")
+    return root
+
+
+def test_pretrain_then_transfer_single_process(packed, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(pretrain_args(packed / "nat", out, steps=40, extra=["backend=none"])) == 0
+    run = out / "pre"
+    first, last = loss_falls(run)
+    assert last < first - 0.1, (first, last)
+    assert {"train/lr", "train/img_per_s", "eval/accuracy", "eval/auc"} <= {
+        t for t in ("train/lr", "train/img_per_s", "eval/accuracy", "eval/auc") if scalars(run, t)}
+    for f in ("config.yaml", "last.ckpt", "done.json"):
+        assert (run / f).is_file()
+    ck = torch.load(run / "last.ckpt", weights_only=False)
+    assert ck["step"] == 40 and "resnet_w4" in ck["config"] and len(ck["class_names"]) == 10
+    rows = load_results(out / "results.jsonl")
+    assert len(rows) == 1 and all(k in rows[0] for k in REQUIRED_FIELDS)
+    r = rows[0]
+    assert r["task"] == "pretrain" and r["world_size"] == 1 and r["steps"] == 40 and r["samples_seen"] == 640
+    assert r["n"] == 400 and 0.1 < r["accuracy"] <= 1 and r["ranks_in_sync"] is True
+    assert r["flops"] == 3 * r["flops_per_sample_fwd"] * 640 and r["img_per_s"] > 0
+    assert r["accuracy_ci_lo"] <= r["accuracy"] <= r["accuracy_ci_hi"]
+    # a rerun of the finished run does nothing
+    assert main(pretrain_args(packed / "nat", out, steps=40, extra=["backend=none"])) == 0
+    assert "already done" in capsys.readouterr().out and len(load_results(out / "results.jsonl")) == 1
+    # linear probe from it: only the head trains
+    assert main(transfer_args(packed / "cxr", out, run / "last.ckpt", "linear", extra=["backend=none"])) == 0
+    row = load_results(out / "results.jsonl")[-1]
+    assert row["regime"] == "linear" and row["trainable_params"] == 3 * 32 + 3     # head of resnet_w4: 32 features
+    assert row["source"] == "nat" and row["target"] == "cxr"
+    assert row["pretrain_steps"] == 40 and row["n"] == 40
+
+
+def test_nonfinite_loss_names_the_step(packed, tmp_path, capsys):
+    code = main(pretrain_args(packed / "nat", tmp_path, steps=30, extra=["backend=none", "optim.lr=1e30",
+                                                                          "optim.warmup_steps=0"]))
+    assert code == 3
+    assert "non-finite loss" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["model.init_from=/nonexistent.ckpt"], "weights file '/nonexistent.ckpt' not found"),
+    (["model.drop_head=false"], "checkpoint head has 10 classes, the task has 3"),
+    (["regime=fewshot", "shots=[40]"], "class 'normal' has only"),
+    (["data.sources=[/nonexistent]"], "'/nonexistent' is not a packed dataset"),
+])
+def test_transfer_config_errors(packed, tmp_path, capsys, extra, message):
+    out = tmp_path / "runs"
+    assert main(pretrain_args(packed / "nat", out, steps=2, extra=["backend=none", "data.eval_split="])) == 0
+    capsys.readouterr()
+    code = main(transfer_args(packed / "cxr", out, out / "pre" / "last.ckpt", "full", extra=["backend=none", *extra]))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("error:") == 1
+
+
+def test_resume_after_sigusr1_gives_identical_weights(packed, tmp_path):
+    args = pretrain_args(packed / "nat", tmp_path, steps=60, extra=["backend=none", "data.eval_split="])
+    cmd = [sys.executable, "-m", "covidnetx.cli", *args]
+    ref = tmp_path / "ref"
+    subprocess.run([*cmd, f"out_dir={ref}"], check=True, cwd=REPO, capture_output=True)
+    p = subprocess.Popen([*cmd], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "pre"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((run / "tb").glob("events*")):
+        time.sleep(0.05)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGUSR1)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 75, err
+    stopped = torch.load(run / "last.ckpt", weights_only=False)["step"]
+    assert 0 < stopped < 60, "the run ended before the signal arrived"
+    assert f"interrupted at step {stopped}" in err
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0 and f"resumed from {run / 'last.ckpt'}" in r.stdout
+    a = torch.load(run / "last.ckpt", weights_only=False)
+    b = torch.load(ref / "pre" / "last.ckpt", weights_only=False)
+    assert a["step"] == b["step"] == 60
+    for k in b["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
