@@ -66,3 +66,12 @@ def write_png(path: Path, arr: np.ndarray) -> None:
 def tree_bytes(root: Path) -> dict:
     """{relative path: bytes} of every file under root (for byte-identity comparisons)."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def packed(tmp_path_factory, cxr_small, natural_small) -> Path:
+    """natural-small (32 px RGB, val carved from train) and cxr-small (packed at 32 px), once per session."""
+    root = tmp_path_factory.mktemp("packed")
+    run_cli("pack", "csv", natural_small, root / "nat", "--no-progress", "--val-fraction", "0.1")
+    run_cli("pack", "csv", cxr_small, root / "cxr", "--size", "32", "--no-progress")
+    return root

@@ -15,14 +15,6 @@ from tests.conftest import REPO, run_cli
 from tests.train_helpers import loss_falls, pretrain_args, scalars, transfer_args
 
 
-@pytest.fixture(scope="module")
-def packed(tmp_path_factory, cxr_small, natural_small):
-    root = tmp_path_factory.mktemp("packed")
-    run_cli("pack", "csv", natural_small, root / "nat", "--no-progress", "--val-fraction", "0.1")
-    run_cli("pack", "csv", cxr_small, root / "cxr", "--size", "32", "--no-progress")
-    return root
-
-
 def test_pretrain_then_transfer_single_process(packed, tmp_path, capsys):
     out = tmp_path / "runs"
     assert main(pretrain_args(packed / "nat", out, steps=40, extra=["backend=none"])) == 0

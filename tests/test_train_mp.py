@@ -17,14 +17,6 @@ pytest.importorskip("horovod.torch", reason="horovod not installed (make setup b
 HOROVODRUN = str(Path(sys.executable).with_name("horovodrun"))
 
 
-@pytest.fixture(scope="module")
-def packed(tmp_path_factory, cxr_small, natural_small):
-    root = tmp_path_factory.mktemp("packed")
-    run_cli("pack", "csv", natural_small, root / "nat", "--no-progress", "--val-fraction", "0.1")
-    run_cli("pack", "csv", cxr_small, root / "cxr", "--size", "32", "--no-progress")
-    return root
-
-
 def _mpirun(args, timeout=600):
     need_mpirun()
     r = subprocess.run(mpirun_cmd(2) + [sys.executable, "-m", "covidnetx.cli", *map(str, args)],

@@ -217,6 +217,8 @@ def torch_loader(view, pp: Preprocess, batch: int, seed: int, rank: int, size: i
         sampler = _RangeSampler(0, len(block[0]))
     return iter(torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers,
                                             collate_fn=_collate, persistent_workers=False,
+                                            pin_memory=torch.cuda.is_available(),
+                                            prefetch_factor=4 if workers else None,
                                             multiprocessing_context="fork" if workers else None))
 
 
@@ -255,12 +257,12 @@ class DaliSampleSource:
 
 
 def _dali_pipeline(source: DaliSampleSource, *, encoded: bool, channels_stored: int, pp: Preprocess, train: bool,
-                   batch: int, workers: int, device: str, device_id, seed: int):
+                   batch: int, workers: int, device: str, device_id, seed: int, threads: int):
     from nvidia.dali import fn, pipeline_def, types
 
     gpu = device == "gpu"
 
-    @pipeline_def(batch_size=batch, num_threads=max(1, workers or 1), device_id=device_id if gpu else None,
+    @pipeline_def(batch_size=batch, num_threads=max(1, threads), device_id=device_id if gpu else None,
                   seed=seed, py_num_workers=max(1, workers), py_start_method="fork", prefetch_queue_depth=2,
                   exec_dynamic=True)
     def pipe():
@@ -279,7 +281,8 @@ def _dali_pipeline(source: DaliSampleSource, *, encoded: bool, channels_stored: 
             img = fn.slice(img, anchor, shape, axis_names="HW", normalized_anchor=False, normalized_shape=False)
             img = fn.resize(img, size=[s, s], dtype=types.FLOAT, antialias=True)
             img = fn.flip(img, horizontal=fn.cast(flip, dtype=types.INT32))
-            img = fn.rotate(img, angle=angle, keep_size=True, fill_value=0.0)
+            if pp.rotate_deg > 0:
+                img = fn.rotate(img, angle=angle, keep_size=True, fill_value=0.0)
         else:
             img = fn.resize(img, resize_shorter=pp.eval_resize, dtype=types.FLOAT, antialias=True)
             img = fn.crop(img, crop=(s, s), crop_pos_x=0.5, crop_pos_y=0.5)
@@ -326,7 +329,8 @@ def dali_loader(view, pp: Preprocess, batch: int, seed: int, rank: int, size: in
         n_batches = len(block[0]) // batch
     dev_id = torch_device.index if (torch_device is not None and torch_device.type == "cuda") else 0
     pipe = _dali_pipeline(src, encoded=encoded, channels_stored=parts[0].channels, pp=pp, train=train,
-                          batch=batch, workers=workers, device=device, device_id=dev_id, seed=seed + rank)
+                          batch=batch, workers=workers, device=device, device_id=dev_id, seed=seed + rank,
+                          threads=torch.get_num_threads())
     pipe.build()
     tdev = torch_device or torch.device("cpu")
 

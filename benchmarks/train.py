@@ -1,0 +1,181 @@
+"""Training throughput, side by side in one run (CPU here; the same script runs on a GPU node).
+
+  python benchmarks/train.py [--model resnet18] [--size 64] [--batch 16] [--iters 20] [--repeats 3]
+
+Prints, each as img/s per process (mean ± 1.96σ over timed iterations after warm-up):
+  1. a plain PyTorch loop on synthetic data, and Horovod np=1 on the same (overhead; target <= 2%);
+  2. Horovod np=1 vs np=2 under mpirun, synthetic data (weak-scaling efficiency; target >= 90%);
+  3. Horovod np=1 fed from packed HDF5 by the torch loader and by DALI (CPU), with data time and
+     compute time split, so an input-pipeline bottleneck shows.
+One thread per process (as Horovod's synthetic benchmark); runs alternate plain/Horovod to cancel drift.
+Writes bench_out/bench-train-<precision>-<hardware>-<np>.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import hardware_tag, machine_line, mean_ci, write_csv  # noqa: E402
+
+
+def worker(args) -> None:
+    import torch
+    torch.set_num_threads(args.threads)
+    from covidnetx.models import create_model
+    model = create_model(args.model, 3)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(dev).train()
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    rank, size = 0, 1
+    if args.worker != "plain":
+        import horovod.torch as hvd
+        hvd.init()                                                       # Horovod: init
+        rank, size = hvd.rank(), hvd.size()
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)        # Horovod: broadcast
+        hvd.broadcast_optimizer_state(opt, root_rank=0)
+        opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())
+    b = args.batch
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if args.precision == "bf16" else None
+    if args.data == "synthetic":
+        x = torch.randn(b, 3, args.size, args.size, device=dev)
+        if dev.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 3, (b,), device=dev)
+        batches = None
+    else:
+        from covidnetx.data.compose import Mixture
+        from covidnetx.data.hdf5 import PackedDataset
+        from covidnetx.data.loader import Preprocess, make_loader
+        view = Mixture([PackedDataset(args.data, "train")])
+        pp = Preprocess(image_size=args.size)
+        batches = make_loader(args.loader, view, pp, b, 0, rank, size, workers=args.workers, train=True,
+                              steps=args.warmup + args.iters, device="gpu" if dev.type == "cuda" else "cpu",
+                              torch_device=dev)
+    times, dtimes = [], []
+    for it in range(args.warmup + args.iters):
+        t0 = time.perf_counter()
+        if batches is not None:
+            bt = next(batches)
+            x, y = bt["image"].to(dev, non_blocking=True), bt["label"].to(dev, non_blocking=True)
+            if dev.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+        t1 = time.perf_counter()
+        if autocast is not None:
+            with autocast:
+                out = model(x)
+        else:
+            out = model(x)
+        loss = torch.nn.functional.cross_entropy(out.float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        if it >= args.warmup:
+            times.append(t2 - t0)
+            dtimes.append(t1 - t0)
+    if rank == 0:
+        print("RESULT " + json.dumps({"times": times, "data_times": dtimes, "size": size, "batch": b}))
+
+
+def run_worker(mode, np_, data, loader, args, extra_env=None) -> dict:
+    from covidnetx.launch import mpirun_cmd
+    cmd = [sys.executable, __file__, "--worker", mode, "--model", args.model, "--size", str(args.size),
+           "--batch", str(args.batch), "--iters", str(args.iters), "--warmup", str(args.warmup),
+           "--threads", str(args.threads), "--data", data, "--loader", loader, "--precision", args.precision,
+           "--workers", str(args.workers)]
+    if mode != "plain":
+        cmd = mpirun_cmd(np_) + cmd
+    r = subprocess.run(cmd, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore", **(extra_env or {})})
+    line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
+    if r.returncode or not line:
+        raise SystemExit(f"{cmd} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+    return json.loads(line[0][7:])
+
+
+def ensure_packed(work: Path, n: int, src: int, encoding: str) -> Path:
+    out = work / f"packed-{encoding}"
+    if (out / "index.json").is_file():
+        return out
+    from benchmarks.pack import make_raw
+    raw = make_raw(work / "raw", n, src)
+    subprocess.run([sys.executable, "-m", "covidnetx.cli", "pack", "csv", str(raw), str(out), "--encoding", encoding,
+                    "--splits", "1,0,0", "--no-progress"], check=True, capture_output=True)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--model", default="resnet18")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    ap.add_argument("--data", default="synthetic")
+    ap.add_argument("--loader", default="torch")
+    ap.add_argument("--images", type=int, default=600)
+    ap.add_argument("--src-size", type=int, default=80)
+    ap.add_argument("--work", default="bench_out/train")
+    ap.add_argument("--out", default="bench_out")
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    print(f"# train benchmark: {args.model} {args.size}px batch {args.batch}/process, {args.iters} timed iterations "
+          f"after {args.warmup} warm-up, {args.threads} thread(s)/process, {args.precision}; {machine_line()}")
+    res = {"plain": [], "hvd1": [], "hvd2": []}
+    for _ in range(args.repeats):          # alternate to cancel drift
+        res["plain"].append(run_worker("plain", 1, "synthetic", "torch", args))
+        res["hvd1"].append(run_worker("hvd", 1, "synthetic", "torch", args))
+        res["hvd2"].append(run_worker("hvd", 2, "synthetic", "torch", args))
+
+    def rate(runs):
+        return [r["batch"] / t for r in runs for t in r["times"]]
+
+    rows = []
+    stats = {k: mean_ci(rate(v)) for k, v in res.items()}
+    labels = {"plain": "plain PyTorch loop, np=1", "hvd1": "Horovod np=1", "hvd2": "Horovod np=2 (per process)"}
+    for k, (m, c) in stats.items():
+        print(f"{labels[k]:<34} {m:8.1f} ± {c:5.1f} img/s (synthetic)")
+        rows.append({"what": k, "data": "synthetic", "img_per_s_per_proc": round(m, 2), "ci95": round(c, 2),
+                     "data_frac": 0.0})
+    overhead = 1 - stats["hvd1"][0] / stats["plain"][0]
+    eff = stats["hvd2"][0] / stats["hvd1"][0]
+    print(f"Horovod np=1 overhead vs plain loop: {100 * overhead:+.1f}% (target <= 2%)")
+    print(f"weak-scaling efficiency np=2 / np=1: {100 * eff:.1f}% (target >= 90%); total np=2 "
+          f"{2 * stats['hvd2'][0]:.1f} img/s")
+    work = Path(args.work)
+    for enc, loader in (("raw", "torch"), ("raw", "dali"), ("png", "torch"), ("png", "dali")):
+        data = ensure_packed(work, args.images, args.src_size, enc)
+        runs = [run_worker("hvd", 1, str(data), loader, args) for _ in range(args.repeats)]
+        m, c = mean_ci(rate(runs))
+        dfrac = sum(sum(r["data_times"]) for r in runs) / sum(sum(r["times"]) for r in runs)
+        print(f"Horovod np=1 from HDF5 ({enc}, {loader:<5})   {m:8.1f} ± {c:5.1f} img/s; data time {100 * dfrac:4.1f}% "
+              f"of step, compute {100 * (1 - dfrac):4.1f}%  ({100 * m / stats['hvd1'][0]:.0f}% of synthetic)")
+        rows.append({"what": f"hvd1-{loader}", "data": enc, "img_per_s_per_proc": round(m, 2), "ci95": round(c, 2),
+                     "data_frac": round(dfrac, 4)})
+    path = write_csv(Path(args.out) / f"bench-train-{args.precision}-{hardware_tag()}-{args.model}.csv", rows)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
