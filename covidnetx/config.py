@@ -82,6 +82,9 @@ class Config:
     results: str = ""              # results table (JSONL); "" = OUT_DIR/results.jsonl
     source_name: str = ""          # label for the source composition in results ("" = derived)
     target_name: str = ""
+    source_domain: str = ""        # e.g. natural | xray | mixed: intra- vs inter-domain grouping
+    target_domain: str = ""
+    alignment_samples: int = 256   # samples per side for the source-target alignment measure (0 = off)
     threads: int = 0               # torch CPU threads per rank (0 = cores / local ranks)
     bootstrap: int = 200           # bootstrap resamples for metric CIs
     data: DataConfig = field(default_factory=DataConfig)

@@ -81,19 +81,21 @@ class HorovodDist(Dist):
         world = World(hvd.rank(), hvd.size(), hvd.local_rank())
         super().__init__(world, _pick_device(hvd.local_rank(), want_device))  # Horovod: pin device by local rank
 
+    # fixed tensor names: Horovod matches collectives across ranks by name, and auto-generated or
+    # type-derived names (broadcast_object's default) differ between ranks or flood its response cache
     def allreduce_sum(self, x):
         t = torch.as_tensor(np.asarray(x, dtype=np.float64))
-        return self.hvd.allreduce(t, op=self.hvd.Sum, name=None).numpy()
+        return self.hvd.allreduce(t, op=self.hvd.Sum, name="covidnetx.allreduce_sum").numpy()
 
     def allgather(self, x):
         t = torch.as_tensor(np.ascontiguousarray(x))
-        return self.hvd.allgather(t).numpy()
+        return self.hvd.allgather(t, name="covidnetx.allgather").numpy()
 
     def broadcast_object(self, obj, root=0):
-        return self.hvd.broadcast_object(obj, root_rank=root)
+        return self.hvd.broadcast_object(obj, root_rank=root, name="covidnetx.broadcast_object")
 
     def barrier(self):
-        self.hvd.allreduce(torch.zeros(1), name="barrier")
+        self.hvd.allreduce(torch.zeros(1), name="covidnetx.barrier")
 
     def broadcast_state(self, model, optimizer):
         # Horovod: broadcast parameters & optimizer state from rank 0

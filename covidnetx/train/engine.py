@@ -119,9 +119,11 @@ class Trainer:
                 raise UserError(f"checkpoint classes {state['class_names']} differ from the task's {self.class_names}")
             model.load_state_dict(state["model"])
             start = int(state["step"])
+        model.to(self.device)
+        if cfg.task == "transfer" and cfg.model.init_from and "alignment" not in self.meta:
+            self.meta["alignment"] = self._alignment(model)
         if cfg.regime == "linear" and cfg.task == "transfer":
             model.freeze_backbone()
-        model.to(self.device)
         params = [p for p in model.parameters() if p.requires_grad]
         o = cfg.optim
         if o.name == "sgd":
@@ -143,6 +145,23 @@ class Trainer:
                 self.scaler.load_state_dict(state["scaler"])
         self.model, self.opt, self.start_step, self.how = model, opt, start, how
         self.samples_before = int(state.get("samples_seen", start * self.global_batch)) if state else 0
+
+    _ALIGN_CACHE: dict = {}
+
+    def _alignment(self, model):
+        """Source-target feature distance under the initial (pre-trained) network; rank 0, broadcast."""
+        from covidnetx.scaling.alignment import source_target_alignment
+        cfg = self.cfg
+        key = (cfg.model.init_from, tuple(cfg.data.sources), cfg.data.image_size, cfg.alignment_samples)
+        if key not in Trainer._ALIGN_CACHE:
+            value = None
+            if self.dist.is_primary:
+                pp = Preprocess(image_size=cfg.data.image_size, resize_size=cfg.data.resize_size,
+                                mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
+                value = source_target_alignment(model, self.meta.get("init_meta") or {}, self.train_view, pp,
+                                                cfg.alignment_samples, self.device)
+            Trainer._ALIGN_CACHE[key] = self.dist.broadcast_object(value)
+        return Trainer._ALIGN_CACHE[key]
 
     def _autocast(self):
         if self.cfg.precision == "fp32":
@@ -176,7 +195,11 @@ class Trainer:
         return {"model": self.cfg.model.name, "params": count_params(self.model),
                 "source": self.meta.get("source"), "source_fraction": self.meta.get("source_fraction"),
                 "steps": step, "samples_seen": samples_seen,
-                "flops": 3 * self.flops_fwd * samples_seen, "classes": self.class_names}
+                "flops": 3 * self.flops_fwd * samples_seen, "classes": self.class_names,
+                "train_size": len(self.train_view), "source_dirs": list(self.cfg.data.sources),
+                "source_split": self.cfg.data.eval_split or self.cfg.data.train_split,
+                "domain": self.cfg.source_domain, "label_space": self.cfg.data.label_space,
+                "rename": dict(self.cfg.data.rename)}
 
     # ------------------------------------------------------------------------------------------------
     def evaluate(self, step: int) -> dict:
@@ -230,6 +253,9 @@ class Trainer:
             "flops": 3 * self.flops_fwd * samples_seen, "flops_per_sample_fwd": self.flops_fwd,
             "pretrain_flops": (self.meta.get("init_meta") or {}).get("flops"),
             "pretrain_steps": (self.meta.get("init_meta") or {}).get("steps"),
+            "pretrain_train_size": (self.meta.get("init_meta") or {}).get("train_size"),
+            "source_domain": self.meta.get("source_domain"), "target_domain": cfg.target_domain or None,
+            "domain_pair": self.meta.get("domain_pair"),
             "alignment": self.meta.get("alignment"), "img_per_s": img_per_s, "precision": cfg.precision,
             "loader": cfg.data.loader, "backend": self.dist.backend, "eval_split": cfg.data.eval_split,
             "git_sha": git_sha(), "config_hash": C.config_hash(cfg), "final": final, "time": time.time(),
@@ -269,7 +295,11 @@ class Trainer:
             t_data = t_comp = 0.0
             n_timed = 0
             t_last = time.perf_counter()
+            # throughput excludes the first steps (lazy init, autotuning) when the run is long enough
+            warm_until = step + min(5, (self.steps - step) // 4)
             while step < self.steps:
+                if step == warm_until:
+                    t_last, n_timed = time.perf_counter(), 0
                 if self._agree_stop():
                     self.save(step, samples)
                     raise Interrupted(step)

@@ -78,9 +78,12 @@ def plan_runs(cfg: C.Config) -> list:
                 "target": cfg.target_name or _name(cfg), "shots": None}
         return [(C.load_config(base=C.to_dict(cfg), overrides=[f"run_name={name}"]), meta, None)]
     im = _init_meta(cfg.model.init_from)
+    sdom = cfg.source_domain or im.get("domain") or ""
     meta = {"source": cfg.source_name or im.get("source") or ("scratch" if not cfg.model.init_from else "unknown"),
             "source_fraction": im.get("source_fraction"), "target": cfg.target_name or _name(cfg),
-            "init_meta": im}
+            "init_meta": im, "source_domain": sdom or None,
+            "domain_pair": (("intra" if sdom == cfg.target_domain else "inter") if sdom and cfg.target_domain
+                            else None)}
     if cfg.regime != "fewshot":
         name = cfg.run_name or f"transfer-{cfg.regime}-{cfg.model.name}-{base_hash}"
         return [(C.load_config(base=C.to_dict(cfg), overrides=[f"run_name={name}"]), {**meta, "shots": None}, None)]
@@ -122,8 +125,6 @@ def _threads(cfg: C.Config) -> None:
 
 
 def run(args) -> int:
-    from covidnetx import dist as D
-    from covidnetx.train.engine import EXIT_REQUEUE, Interrupted
     try:
         cfg = C.load_config(args.config, [f"task={args.task}"] + list(args.overrides))
     except UserError as e:
@@ -132,23 +133,32 @@ def run(args) -> int:
     if args.print_config:
         print(C.dump(cfg))
         return 0
-    _threads(cfg)
+    return run_configs([cfg], args.task)
+
+
+def run_configs(cfgs: list, label: str) -> int:
+    """Run configs one after another in this launcher invocation (the distributed backend is started
+    once; few-shot configs expand to shots x seeds runs). Finished runs are skipped."""
+    from covidnetx import dist as D
+    from covidnetx.train.engine import EXIT_REQUEUE, Interrupted
+    _threads(cfgs[0])
     dist = None
     try:
-        dist = D.init(cfg.backend, "cuda" if cfg.data.device == "gpu" else "auto")
-        for sub, meta, subset in plan_runs(cfg):
-            run_one(sub, meta, subset, dist)
+        dist = D.init(cfgs[0].backend, "cuda" if cfgs[0].data.device == "gpu" else "auto")
+        for cfg in cfgs:
+            for sub, meta, subset in plan_runs(cfg):
+                run_one(sub, meta, subset, dist)
         return 0
     except UserError as e:
         if dist is None or dist.is_primary:
-            print(f"covidnetx {args.task}: error: {e}", file=sys.stderr)
+            print(f"covidnetx {label}: error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:
-        print(f"covidnetx {args.task}: error: {e}", file=sys.stderr)
+        print(f"covidnetx {label}: error: {e}", file=sys.stderr)
         return EXIT_NONFINITE
     except Interrupted as e:
         if dist.is_primary:
-            print(f"covidnetx {args.task}: interrupted at step {e.args[0]}; checkpoint saved, exit {EXIT_REQUEUE} "
+            print(f"covidnetx {label}: interrupted at step {e.args[0]}; checkpoint saved, exit {EXIT_REQUEUE} "
                   f"(requeue to continue)", file=sys.stderr, flush=True)
         return EXIT_REQUEUE
     finally:

@@ -1,0 +1,124 @@
+"""Render a sweep as a chain of Slurm jobs and submit it.
+
+[pack] -> pretrain (array: one task per pre-training run) -> transfer (array) -> report, linked by
+``--dependency=afterok``. Every stage's script comes from a template in jobscripts/ (JUWELS Booster or
+generic) and sources jobscripts/common.sh, which forwards Slurm's early-warning signal
+(``--signal=B:USR1@LEAD``) to the step and requeues the job when the step saved a checkpoint (exit 75).
+"""
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from covidnetx.utils import UserError, atomic_write_bytes
+
+JOBSCRIPTS = Path(__file__).resolve().parents[1] / "jobscripts"
+DEFAULTS = {
+    "template": "generic", "account": "", "partition": "", "nodes": 1, "transfer_nodes": 1, "tasks_per_node": 1,
+    "gpus_per_node": 0, "cpus_per_task": 1, "time": "01:00:00", "transfer_time": "", "report_time": "00:30:00",
+    "signal_lead": 120, "modules": "", "srun_args": "", "python": "", "workdir": "", "sbatch": "sbatch",
+}
+TEMPLATES = {"generic": "generic.sbatch.tmpl", "juwels": "juwels_booster.sbatch.tmpl"}
+
+
+def settings(sw: dict) -> dict:
+    s = dict(DEFAULTS)
+    given = sw.get("slurm") or {}
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise UserError(f"unknown slurm key {unknown[0]!r} (known: {', '.join(sorted(DEFAULTS))})")
+    s.update(given)
+    if s["template"] not in TEMPLATES:
+        raise UserError(f"slurm.template {s['template']!r}: use one of {', '.join(TEMPLATES)}")
+    if s["template"] == "juwels":
+        s.setdefault("tasks_per_node", 4)
+        if not given.get("tasks_per_node"):
+            s["tasks_per_node"] = 4
+        if not given.get("gpus_per_node"):
+            s["gpus_per_node"] = 4
+        if not given.get("cpus_per_task"):
+            s["cpus_per_task"] = 12
+        for key in ("account", "partition"):
+            if not s[key]:
+                raise UserError(f"slurm.{key} is required for the juwels template")
+    s["python"] = s["python"] or sys.executable
+    s["workdir"] = s["workdir"] or str(Path.cwd())
+    return s
+
+
+def render(template: str, values: dict) -> str:
+    text = (JOBSCRIPTS / TEMPLATES[template]).read_text()
+    def sub(m):
+        key = m.group(1)
+        if key not in values:
+            raise UserError(f"template {TEMPLATES[template]}: no value for {{{{{key}}}}}")
+        return str(values[key])
+    out = re.sub(r"\{\{(\w+)\}\}", sub, text)
+    return "\n".join(l for l in out.splitlines() if l.strip() != "") + "\n"
+
+
+def render_chain(sw: dict, pre: list, tr: list, paths: dict) -> list:
+    """[(stage, script path, script text)] in dependency order; also writes the list files."""
+    s = settings(sw)
+    out = Path(sw["out_dir"]).resolve()
+    jobs = out / "jobs"
+    logs = out / "logs"
+    base = {"account": s["account"], "partition": s["partition"], "gpus_per_node": s["gpus_per_node"],
+            "cpus_per_task": s["cpus_per_task"], "signal_lead": s["signal_lead"], "log_dir": logs,
+            "modules": s["modules"], "jobscripts": JOBSCRIPTS, "workdir": s["workdir"], "python": s["python"],
+            "srun_args": s["srun_args"]}
+    stages = []
+    if sw.get("pack"):
+        cmds = []
+        for p in sw["pack"]:
+            args = [p["kind"], p["raw"], p["out"]] + [str(a) for a in p.get("args", [])]
+            cmds.append("pack " + " ".join(shlex.quote(str(a)) for a in args))
+        stages.append(("pack", {"nodes": 1, "tasks_per_node": s["tasks_per_node"], "time": s["time"],
+                                "array_line": "", "command": " && ".join(cmds)}))
+    for stage, items, nodes, time in (("pretrain", pre, s["nodes"], s["time"]),
+                                      ("transfer", tr, s["transfer_nodes"], s["transfer_time"] or s["time"])):
+        if not items:
+            continue
+        lst = jobs / f"{stage}.list"
+        atomic_write_bytes(lst, ("\n".join(str(Path(paths[i[0]]).resolve()) for i in items) + "\n").encode())
+        stages.append((stage, {"nodes": nodes, "tasks_per_node": s["tasks_per_node"], "time": time,
+                               "array_line": f"#SBATCH --array=0-{len(items) - 1}",
+                               "command": f"runs --list {lst} --index $SLURM_ARRAY_TASK_ID"}))
+    stages.append(("report", {"nodes": 1, "tasks_per_node": 1, "time": s["report_time"], "array_line": "",
+                              "command": f"report {out / 'results.jsonl'} --out {out / 'report'}"}))
+    rendered = []
+    for stage, v in stages:
+        values = {**base, **v, "stage": stage, "job_name": f"{sw['name']}-{stage}"}
+        text = render(s["template"], values)
+        path = jobs / f"{stage}.sbatch"
+        atomic_write_bytes(path, text.encode())
+        rendered.append((stage, path, text))
+    logs.mkdir(parents=True, exist_ok=True)
+    return rendered
+
+
+def submit_chain(sw: dict, pre: list, tr: list, paths: dict, sweep_path: str, dry_run: bool = False) -> int:
+    chain = render_chain(sw, pre, tr, paths)
+    if dry_run:
+        for stage, path, text in chain:
+            print(f"# ---- {path} ----")
+            print(text)
+        return 0
+    s = settings(sw)
+    prev = None
+    ids = []
+    for stage, path, _ in chain:
+        cmd = [s["sbatch"], "--parsable"]
+        if prev:
+            cmd.append(f"--dependency=afterok:{prev}")
+        cmd.append(str(path))
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode:
+            raise UserError(f"sbatch {path} failed: {r.stderr.strip()}")
+        prev = r.stdout.strip().split(";")[0]
+        ids.append((stage, prev))
+        print(f"submitted {stage}: job {prev}" + (f" (after {ids[-2][1]})" if len(ids) > 1 else ""), flush=True)
+    return 0

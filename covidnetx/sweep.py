@@ -1,0 +1,199 @@
+"""`covidnetx sweep SWEEP.yaml [--executor local|slurm] [--dry-run]`: describe a study once, run it.
+
+A sweep is a grid over pre-training (source composition x model x source fraction x steps) and transfer
+(regime x shots x seeds) on one target. Every run gets a stable id from its resolved config, written to
+OUT/configs/RUN.yaml; re-running a sweep skips finished runs (done.json) and resumes unfinished ones from
+their own checkpoints. Pre-training runs are shared by all transfer runs that start from them.
+
+local executor: one launcher invocation per stage (``mpirun -np NP covidnetx runs ...``), then fit and
+report in-process. slurm executor: renders a job chain into OUT/jobs/ -- [pack] -> pretrain (array, one
+task per pre-training run, NODES nodes each) -> transfer (array) -> report -- linked by afterok
+dependencies, and submits it with sbatch (--dry-run prints the scripts instead).
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from covidnetx import config as C
+from covidnetx.utils import UserError, atomic_write_bytes
+
+SWEEP_KEYS = {"name", "out_dir", "np", "base", "sources", "target", "models", "fractions", "pretrain", "transfer",
+              "fit", "slurm", "pack"}
+
+
+def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="covidnetx sweep", description=__doc__.split("\n")[0])
+    p.add_argument("sweep", help="sweep YAML file")
+    p.add_argument("--executor", choices=("local", "slurm"), default="local")
+    p.add_argument("--dry-run", action="store_true", help="print what would run (local) or the job scripts (slurm)")
+    p.add_argument("--np", dest="nprocs", type=int, default=None, help="processes per run (local; overrides np)")
+    p.add_argument("--stage", choices=("all", "pretrain", "transfer", "report"), default="all")
+    return p
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in (b or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "rename" else v
+    return out
+
+
+def load_sweep(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"sweep file {path!r} not found")
+    try:
+        sw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{p}: not valid YAML ({e})") from None
+    unknown = sorted(set(sw) - SWEEP_KEYS)
+    if unknown:
+        raise UserError(f"{p}: unknown sweep key {unknown[0]!r} (known: {', '.join(sorted(SWEEP_KEYS))})")
+    for key in ("sources", "target", "models"):
+        if not sw.get(key):
+            raise UserError(f"{p}: sweep key {key!r} is required")
+    for name, src in sw["sources"].items():
+        if not isinstance(src, dict) or not src.get("data"):
+            raise UserError(f"{p}: sources.{name}: needs data: [packed folder, ...]")
+    sw.setdefault("name", p.stem)
+    sw.setdefault("out_dir", str(Path("runs") / sw["name"]))
+    sw.setdefault("np", 1)
+    sw.setdefault("fractions", [1.0])
+    sw.setdefault("pretrain", {})
+    sw.setdefault("transfer", {})
+    sw.setdefault("fit", {})
+    return sw
+
+
+def _target(sw) -> dict:
+    t = sw["target"]
+    data = t["data"] if isinstance(t["data"], list) else [t["data"]]
+    return {"data": data, "domain": t.get("domain", ""), "name": t.get("name", "")}
+
+
+def expand(sw: dict) -> tuple:
+    """-> (pretrain [(run_name, config)], transfer [(run_name, config, [expected run dirs])])."""
+    out = Path(sw["out_dir"])
+    common = {"out_dir": str(out / "runs"), "results": str(out / "results.jsonl")}
+    base = _merge(sw.get("base") or {}, common)
+    pre, tr = [], []
+    steps_list = sw["pretrain"].get("steps", [0])
+    steps_list = steps_list if isinstance(steps_list, list) else [steps_list]
+    tgt = _target(sw)
+    largest = {}
+    for src_name, src in sw["sources"].items():
+        for model in sw["models"]:
+            for frac in sw["fractions"]:
+                for steps in steps_list:
+                    d = _merge(base, sw["pretrain"].get("config") or {})
+                    d = _merge(d, {"task": "pretrain", "model": {"name": model}, "source_name": src_name,
+                                   "source_domain": src.get("domain", ""),
+                                   "data": {"sources": list(src["data"]), "fraction": float(frac),
+                                            "label_space": src.get("label_space", "union"),
+                                            "rename": src.get("rename") or {}},
+                                   "optim": {"steps": int(steps)}})
+                    cfg = C.load_config(base=d)
+                    name = f"pre-{src_name}-{model}-f{frac:g}-n{steps}-{C.config_hash(cfg)[:8]}"
+                    cfg = C.load_config(base=d, overrides=[f"run_name={name}"])
+                    pre.append((name, cfg))
+                    rank = (sw["models"].index(model), frac, steps)
+                    if src_name not in largest or rank > largest[src_name][0]:
+                        largest[src_name] = (rank, name)
+    t = sw["transfer"]
+    regimes = t.get("regimes", ["full"])
+    for name, pcfg in pre:
+        for regime in regimes:
+            if regime == "fewshot" and t.get("fewshot_from", "largest") == "largest" \
+                    and largest[pcfg.source_name][1] != name:
+                continue
+            d = _merge(base, t.get("config") or {})
+            d = _merge(d, {"task": "transfer", "regime": regime, "model": {"name": pcfg.model.name,
+                                                                           "init_from": str(out / "runs" / name / "last.ckpt")},
+                           "target_name": tgt["name"], "target_domain": tgt["domain"],
+                           "source_domain": pcfg.source_domain,
+                           "data": {"sources": tgt["data"]}, "shots": t.get("shots", [1, 5, 10]),
+                           "seeds": t.get("seeds", [0, 1, 2, 3, 4])})
+            cfg = C.load_config(base=d)
+            tname = f"tr-{regime}-{name}-{C.config_hash(cfg)[:8]}"
+            cfg = C.load_config(base=d, overrides=[f"run_name={tname}"])
+            subs = [f"{tname}-k{k}-s{s}" for k in cfg.shots for s in cfg.seeds] if regime == "fewshot" else [tname]
+            tr.append((tname, cfg, subs))
+    return pre, tr
+
+
+def write_configs(sw: dict, pre: list, tr: list) -> dict:
+    cdir = Path(sw["out_dir"]) / "configs"
+    paths = {}
+    for item in pre + tr:
+        name, cfg = item[0], item[1]
+        p = cdir / f"{name}.yaml"
+        text = C.dump(cfg).encode()
+        if not p.is_file() or p.read_bytes() != text:
+            atomic_write_bytes(p, text)
+        paths[name] = p
+    return paths
+
+
+def _done(sw, run_names) -> bool:
+    runs = Path(sw["out_dir"]) / "runs"
+    return all((runs / n / "done.json").is_file() for n in run_names)
+
+
+def run_local(sw: dict, pre, tr, paths, nprocs: int, stage: str, dry: bool) -> int:
+    from covidnetx.launch import mpirun_cmd
+    todo_pre = [paths[n] for n, _ in pre if not _done(sw, [n])]
+    todo_tr = [paths[n] for n, _, subs in tr if not _done(sw, subs)]
+    print(f"sweep {sw['name']}: {len(pre)} pre-training runs ({len(todo_pre)} to do), {len(tr)} transfer configs "
+          f"({sum(len(s) for *_, s in tr)} runs; {len(todo_tr)} configs to do); {nprocs} process(es) per run",
+          flush=True)
+    stages = [("pretrain", todo_pre), ("transfer", todo_tr)]
+    for name, todo in stages:
+        if stage not in ("all", name) or not todo:
+            continue
+        cmd = (mpirun_cmd(nprocs) if nprocs > 1 else []) + [sys.executable, "-m", "covidnetx.cli", "runs",
+                                                              *map(str, todo)]
+        if dry:
+            print("$ " + " ".join(cmd[:12]) + (f" ... ({len(todo)} configs)" if len(todo) > 1 else ""))
+            continue
+        r = subprocess.run(cmd)
+        if r.returncode:
+            print(f"covidnetx sweep: stage {name} failed with exit code {r.returncode}", file=sys.stderr)
+            return r.returncode
+    if stage in ("all", "report") and not dry:
+        from covidnetx.scaling.report import write_report
+        res = Path(sw["out_dir"]) / "results.jsonl"
+        report = write_report(res, Path(sw["out_dir"]) / "report", metric=sw["fit"].get("metric", "accuracy"))
+        print(f"report: {report}")
+    return 0
+
+
+def run(args) -> int:
+    try:
+        sw = load_sweep(args.sweep)
+        pre, tr = expand(sw)
+        paths = write_configs(sw, pre, tr)
+    except UserError as e:
+        print(f"covidnetx sweep: error: {e}", file=sys.stderr)
+        return 2
+    if args.executor == "local":
+        return run_local(sw, pre, tr, paths, args.nprocs or int(sw["np"]), args.stage, args.dry_run)
+    from covidnetx.slurm import submit_chain
+    try:
+        return submit_chain(sw, pre, tr, paths, args.sweep, dry_run=args.dry_run)
+    except UserError as e:
+        print(f"covidnetx sweep: error: {e}", file=sys.stderr)
+        return 2
+
+
+def main(argv=None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Against a real local Slurm (munged + slurmctld + slurmd started and stopped here): a tiny sweep
+submitted as a chained set of jobs with a 2-task srun Horovod run inside, and a job that gets USR1,
+checkpoints, requeues itself and finishes."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from covidnetx.results import load_results
+from tests.slurm_cluster import LocalSlurm, available
+
+pytest.importorskip("horovod.torch", reason="horovod not installed (make setup builds it)")
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    why = available()
+    if why:
+        pytest.skip(why)
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm")).start()
+    yield cluster
+    cluster.stop()
+
+
+def _sweep(tmp_path, packed, steps=8, regimes=("full", "fewshot"), name="tiny"):
+    sw = {"name": name, "out_dir": str(tmp_path / "study"),
+          "base": {"threads": 1, "bootstrap": 10, "log_every": 1, "alignment_samples": 32,
+                   "data": {"image_size": 32}, "optim": {"batch_size": 8, "base_batch": 16}},
+          "sources": {"nat": {"data": [str(packed / "nat")], "domain": "natural"}},
+          "target": {"data": [str(packed / "cxr")], "domain": "xray", "name": "cxr"},
+          "models": ["resnet_w4"], "fractions": [1.0],
+          "pretrain": {"steps": [steps], "config": {"optim": {"lr": 0.1}, "data": {"eval_split": "val"}}},
+          "transfer": {"regimes": list(regimes), "shots": [1], "seeds": [0],
+                       "config": {"optim": {"steps": 4}, "data": {"eval_split": "test"}}},
+          "slurm": {"template": "generic", "tasks_per_node": 2, "srun_args": "--mpi=pmix", "time": "00:10:00",
+                    "signal_lead": 30, "python": sys.executable}}
+    p = tmp_path / "sweep.yaml"
+    p.write_text(yaml.safe_dump(sw))
+    return p
+
+
+def test_sweep_as_a_job_chain_with_srun_horovod(slurm, packed, tmp_path):
+    sweep = _sweep(tmp_path, packed)
+    r = slurm.run(sys.executable, "-m", "covidnetx.cli", "sweep", sweep, "--executor", "slurm", timeout=120)
+    assert r.returncode == 0, r.stderr
+    ids = [l.split("job ")[1].split()[0] for l in r.stdout.splitlines() if l.startswith("submitted")]
+    assert len(ids) == 3 and "(after" in r.stdout                   # pretrain -> transfer -> report
+    slurm.wait_all(timeout=600)
+    study = tmp_path / "study"
+    logs = "\n".join(p.read_text() for p in sorted((study / "logs").glob("*.out")))
+    rows = load_results(study / "results.jsonl")
+    finals = [x for x in rows if x["final"]]
+    assert sorted(x["regime"] for x in finals) == ["fewshot", "full", "pretrain"], logs[-3000:]
+    for x in finals:
+        assert x["world_size"] == 2 and x["ranks_in_sync"] is True and x["backend"] == "horovod"
+    assert (study / "report" / "report.md").is_file(), logs[-3000:]
+    assert (study / "report" / "error-vs-params.png").is_file()
+
+
+def test_usr1_checkpoints_requeues_and_finishes(slurm, packed, tmp_path):
+    sweep = _sweep(tmp_path, packed, steps=400, regimes=(), name="requeue")
+    r = slurm.run(sys.executable, "-m", "covidnetx.cli", "sweep", sweep, "--executor", "slurm", timeout=120)
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.splitlines()[0].split("job ")[1].split()[0]
+    study = tmp_path / "study"
+    run = next((study / "configs").glob("pre-*.yaml")).stem
+    tb = study / "runs" / run / "tb"
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(tb.glob("events*")):
+        time.sleep(0.5)
+    time.sleep(3)
+    slurm.run("scancel", "--batch", "--signal=USR1", f"{job}_0")
+    ck = study / "runs" / run / "last.ckpt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not ck.is_file():
+        time.sleep(0.5)
+    assert ck.is_file(), "no checkpoint after USR1"
+    stopped = torch.load(ck, weights_only=False)["step"]
+    assert 0 < stopped < 400
+    # a requeued job waits for its begin time; start it now
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        state = slurm.job_state(f"{job}_0")
+        if state in ("PENDING", "REQUEUED", "REQUEUE_HOLD"):
+            slurm.run("scontrol", "release", f"{job}_0", check=False)
+            slurm.run("scontrol", "update", f"JobId={job}_0", "StartTime=now+2", check=False)
+            break
+        time.sleep(0.5)
+    slurm.wait_all(timeout=600)
+    logs = "\n".join(p.read_text() for p in sorted((study / "logs").glob("*.out")))
+    assert "requeueing job" in logs and f"interrupted at step {stopped}" in logs, logs[-3000:]
+    assert f"resumed from" in logs
+    done = json.loads((study / "runs" / run / "done.json").read_text())
+    assert done["steps"] == 400 and done["world_size"] == 2

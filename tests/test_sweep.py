@@ -1,0 +1,104 @@
+"""Sweep expansion, stable run ids, rendered job scripts (golden files), and the local executor."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from covidnetx.slurm import render_chain
+from covidnetx.sweep import expand, load_sweep, write_configs
+from covidnetx.utils import UserError
+from tests.conftest import REPO
+
+GOLDEN = REPO / "tests" / "golden"
+
+
+def _sweep(tmp_path, **over):
+    sw = {"name": "tiny", "out_dir": str(tmp_path / "study"), "np": 2,
+          "base": {"threads": 1, "bootstrap": 10, "data": {"image_size": 32}, "optim": {"batch_size": 16, "base_batch": 16}},
+          "sources": {"nat": {"data": ["/data/nat"], "domain": "natural"},
+                      "mix": {"data": ["/data/nat", "/data/cxr-src"], "domain": "mixed", "label_space": "union"}},
+          "target": {"data": ["/data/cxr"], "domain": "xray", "name": "cxr"},
+          "models": ["resnet_w4", "resnet_w8"], "fractions": [0.5, 1.0],
+          "pretrain": {"steps": [10], "config": {"optim": {"lr": 0.1}}},
+          "transfer": {"regimes": ["full", "linear", "fewshot"], "shots": [1, 5], "seeds": [0, 1, 2],
+                       "config": {"optim": {"steps": 5}}}}
+    sw.update(over)
+    p = tmp_path / "sweep.yaml"
+    p.write_text(yaml.safe_dump(sw))
+    return p
+
+
+def test_expansion_counts_and_stable_ids(tmp_path):
+    sw = load_sweep(str(_sweep(tmp_path)))
+    pre, tr = expand(sw)
+    assert len(pre) == 2 * 2 * 2                              # sources x models x fractions x steps
+    fulllin = [t for t in tr if t[1].regime in ("full", "linear")]
+    fs = [t for t in tr if t[1].regime == "fewshot"]
+    assert len(fulllin) == 2 * len(pre)
+    assert len(fs) == 2 and all(len(t[2]) == 6 for t in fs)   # largest model/fraction per source; k x seeds
+    assert all("resnet_w8-f1" in t[1].model.init_from for t in fs)
+    pre2, tr2 = expand(load_sweep(str(_sweep(tmp_path))))
+    assert [p[0] for p in pre] == [p[0] for p in pre2] and [t[0] for t in tr] == [t[0] for t in tr2]
+    # a changed hyper-parameter changes the id of exactly the runs it touches
+    pre3, tr3 = expand(load_sweep(str(_sweep(tmp_path, pretrain={"steps": [10], "config": {"optim": {"lr": 0.2}}}))))
+    assert not set(p[0] for p in pre) & set(p[0] for p in pre3)
+    mix = [p for p in pre if p[1].source_name == "mix"][0][1]
+    assert mix.data.sources == ["/data/nat", "/data/cxr-src"] and mix.source_domain == "mixed"
+    t = fulllin[0][1]
+    assert t.task == "transfer" and t.data.sources == ["/data/cxr"] and t.target_domain == "xray"
+    paths = write_configs(sw, pre, tr)
+    assert len(paths) == len(pre) + len(tr) and all(p.is_file() for p in paths.values())
+
+
+def test_sweep_errors_name_the_key(tmp_path):
+    with pytest.raises(UserError, match="unknown sweep key 'modles'"):
+        load_sweep(str(_sweep(tmp_path, modles=["x"])))
+    bad = _sweep(tmp_path)
+    d = yaml.safe_load(bad.read_text())
+    d["base"]["optim"]["lrr"] = 1
+    bad.write_text(yaml.safe_dump(d))
+    with pytest.raises(UserError, match="unknown config key 'optim.lrr'"):
+        expand(load_sweep(str(bad)))
+
+
+@pytest.mark.parametrize("template, extra", [
+    ("generic", {"tasks_per_node": 2, "srun_args": "--mpi=pmix"}),
+    ("juwels", {"account": "covidnetx", "partition": "booster", "nodes": 4, "time": "02:00:00",
+                "modules": "Stages/2024 GCC OpenMPI CUDA NCCL"}),
+])
+def test_rendered_job_scripts_match_golden_files(tmp_path, template, extra):
+    study = tmp_path / "study"
+    sw = load_sweep(str(_sweep(tmp_path, out_dir=str(study),
+                               slurm={"template": template, "python": "/opt/venv/bin/python", "workdir": "/home/me/covidnetx",
+                                      **extra},
+                               pack=[{"kind": "csv", "raw": "/raw/cxr", "out": "/data/cxr", "args": ["--size", "256"]}])))
+    pre, tr = expand(sw)
+    paths = {n[0]: study / "configs" / f"{n[0]}.yaml" for n in pre + tr}
+    chain = render_chain(sw, pre, tr, paths)
+    assert [c[0] for c in chain] == ["pack", "pretrain", "transfer", "report"]
+    jobscripts = str(REPO / "jobscripts")
+    for stage, path, text in chain:
+        text = text.replace(jobscripts, "JOBSCRIPTS").replace(str(study), "/scratch/study")
+        golden = GOLDEN / f"{template}-{stage}.sbatch"
+        if os.environ.get("COVIDNETX_UPDATE_GOLDEN"):
+            golden.write_text(text)
+        assert text == golden.read_text(), f"{golden} differs (COVIDNETX_UPDATE_GOLDEN=1 rewrites it)"
+    pre_text = chain[1][2]
+    assert f"#SBATCH --array=0-{len(pre) - 1}" in pre_text and "--signal=B:USR1@120" in pre_text
+    if template == "juwels":
+        assert "#SBATCH --gres=gpu:4" in pre_text and "#SBATCH --ntasks-per-node=4" in pre_text
+        assert "#SBATCH --nodes=4" in pre_text and "#SBATCH --account=covidnetx" in pre_text
+    lines = (study / "jobs" / "pretrain.list").read_text().splitlines()
+    assert len(lines) == len(pre)
+    r = subprocess.run(["bash", "-n", str(chain[1][1])], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_juwels_template_requires_account(tmp_path):
+    sw = load_sweep(str(_sweep(tmp_path, slurm={"template": "juwels"})))
+    pre, tr = expand(sw)
+    with pytest.raises(UserError, match="slurm.account is required"):
+        render_chain(sw, pre, tr, {})
