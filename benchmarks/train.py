@@ -135,6 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--src-size", type=int, default=80)
     ap.add_argument("--work", default="bench_out/train")
     ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--no-loaders", action="store_true", help="skip the loader comparison at the end")
     args = ap.parse_args(argv)
     if args.worker:
         worker(args)
@@ -174,6 +175,9 @@ def main(argv=None) -> int:
                      "data_frac": round(dfrac, 4)})
     path = write_csv(Path(args.out) / f"bench-train-{args.precision}-{hardware_tag()}-{args.model}.csv", rows)
     print(f"wrote {path}")
+    if not args.no_loaders:      # DALI CPU vs torch loader vs ImageFolder-of-PNG, same run
+        from benchmarks.loader import main as loader_main
+        loader_main(["--images", "1000", "--batches", "12", "--out", args.out])
     return 0
 
 

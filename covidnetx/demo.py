@@ -128,11 +128,8 @@ def write_sweep(out: Path, packed: dict, sources: list, target: str, args) -> Pa
 
 
 def main(argv=None) -> int:
-    try:
-        return run(build_parser().parse_args(argv))
-    except UserError as e:
-        print(f"covidnetx demo: error: {e}", file=sys.stderr)
-        return 2
+    from covidnetx.utils import run_main
+    return run_main("covidnetx demo", build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -58,3 +58,14 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 
 def stable_hash(obj, n: int = 16) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:n]
+
+
+def run_main(prog: str, build_parser, run, argv=None) -> int:
+    """Entry point body shared by the subcommand modules: parse, run, turn a UserError into one message
+    and exit code 2."""
+    import sys
+    try:
+        return int(run(build_parser().parse_args(argv)) or 0)
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2

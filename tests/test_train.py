@@ -92,3 +92,23 @@ def test_resume_after_sigusr1_gives_identical_weights(packed, tmp_path):
     assert a["step"] == b["step"] == 60
     for k in b["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_multilabel_pretrain_masks_uncertain_labels(tmp_path):
+    """CheXpert-layout source (U-ignore: -1 and blank are NaN): masked BCE trains, metrics skip NaN."""
+    from tests import raw_layouts as L
+    base = L.make_chexpert(tmp_path / "raw")
+    run_cli("pack", "chexpert", base, tmp_path / "cx", "--size", "32", "--ignore-official-splits",
+            "--splits", "1,0,0", "--no-progress")
+    out = tmp_path / "runs"
+    code = main(["pretrain", f"data.sources=[{tmp_path / 'cx'}]", f"out_dir={out}", "run_name=ml", "backend=none",
+                 "model.name=resnet_w4", "optim.steps=3", "optim.batch_size=2", "data.eval_split=train",
+                 "bootstrap=5", "threads=1", "data.image_size=32"])
+    assert code == 0
+    row = load_results(out / "results.jsonl")[0]
+    assert row["n"] == 4 and row["task"] == "pretrain"
+    ck = torch.load(out / "ml" / "last.ckpt", weights_only=False)
+    assert len(ck["class_names"]) == 14
+    assert row["auc"] is None or 0.0 <= row["auc"] <= 1.0
+    assert main(["pretrain", f"data.sources=[{tmp_path / 'cx'}]", f"out_dir={out}", "run_name=ml2", "backend=none",
+                 "loss=ce", "optim.steps=1"]) == 2

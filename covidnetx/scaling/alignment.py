@@ -27,8 +27,8 @@ def frechet(a: np.ndarray, b: np.ndarray) -> float:
     from scipy import linalg
     mu1, mu2 = a.mean(0), b.mean(0)
     c1, c2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(c1 @ c2, disp=False)
-    covmean = covmean.real
+    covmean = linalg.sqrtm(c1 @ c2)
+    covmean = (covmean[0] if isinstance(covmean, tuple) else covmean).real
     return float(((mu1 - mu2) ** 2).sum() + np.trace(c1) + np.trace(c2) - 2 * np.trace(covmean))
 
 

@@ -50,11 +50,8 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    try:
-        return run(build_parser().parse_args(argv))
-    except UserError as e:
-        print(f"covidnetx fit: error: {e}", file=sys.stderr)
-        return 2
+    from covidnetx.utils import run_main
+    return run_main("covidnetx fit", build_parser, run, argv)
 
 
 if __name__ == "__main__":

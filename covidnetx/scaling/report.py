@@ -291,8 +291,5 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    try:
-        return run(build_parser().parse_args(argv))
-    except UserError as e:
-        print(f"covidnetx report: error: {e}", file=sys.stderr)
-        return 2
+    from covidnetx.utils import run_main
+    return run_main("covidnetx report", build_parser, run, argv)
