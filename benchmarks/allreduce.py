@@ -1,0 +1,71 @@
+"""Horovod allreduce latency and bandwidth vs message size, plus the fused gradient sizes of the
+registered models. Run under a launcher:
+
+  mpirun -np 2 python benchmarks/allreduce.py        (or: srun -n N ..., horovodrun -np N ...)
+
+Prints per size: mean time ± 1.96σ, algorithm bandwidth (bytes / time) and bus bandwidth
+(2 (N-1)/N x bytes / time, comparable across N). Rank 0 writes bench_out/bench-allreduce-<hw>-np<N>.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import hardware_tag, mean_ci, write_csv  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--max-bytes", type=int, default=64 << 20)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--models", default="resnet_w8,resnet_w32,resnet18,resnet50")
+    ap.add_argument("--out", default="bench_out")
+    args = ap.parse_args(argv)
+    import torch
+    import horovod.torch as hvd
+    from covidnetx.models import count_params, create_model
+    hvd.init()
+    n, rank = hvd.size(), hvd.rank()
+    dev = torch.device("cuda", hvd.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+    sizes = []
+    b = 4
+    while b <= args.max_bytes:
+        sizes.append(("", b))
+        b *= 4
+    for name in args.models.split(","):
+        sizes.append((name, 4 * count_params(create_model(name, 3))))
+    rows = []
+    if rank == 0:
+        print(f"# Horovod allreduce (sum, fp32), np={n}, {dev.type}; {args.reps} timed reps after 3 warm-up")
+    for label, nbytes in sizes:
+        t = torch.ones(nbytes // 4, device=dev)
+        times = []
+        for i in range(args.reps + 3):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            hvd.allreduce(t, op=hvd.Sum, name=f"bench.{nbytes}")
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+        m, c = mean_ci(times)
+        if rank == 0:
+            algbw = nbytes / m
+            busbw = 2 * (n - 1) / n * algbw if n > 1 else algbw
+            print(f"{label or '':>10} {nbytes:>12,d} B: {1e6 * m:10.1f} ± {1e6 * c:8.1f} us   "
+                  f"alg {algbw / 1e9:7.3f} GB/s   bus {busbw / 1e9:7.3f} GB/s")
+            rows.append({"model": label, "bytes": nbytes, "np": n, "mean_s": m, "ci95_s": c, "algbw_GBps": algbw / 1e9,
+                         "busbw_GBps": busbw / 1e9})
+    if rank == 0:
+        path = write_csv(Path(args.out) / f"bench-allreduce-{hardware_tag()}-np{n}.csv", rows)
+        print(f"wrote {path}")
+    hvd.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""A performance model for data-parallel training: projects weak-scaling efficiency to many GPUs.
+
+step time   T(N) = T_c + max(0, T_ar(N) - overlap * T_bwd)           (overlap in [0, 1])
+efficiency  E(N) = T_c / T(N)                                        (weak scaling, fixed batch per GPU)
+ring allreduce of G bytes over N ranks, bandwidth B (bytes/s per rank), latency a (s per message step):
+            T_ring(N) = 2 (N-1)/N * G / B + 2 (N-1) a
+hierarchical (g GPUs per node, n = N/g nodes; NVLink inside a node, one NIC per GPU between nodes):
+            T_hier(N) = 2 (g-1)/g * G / B_intra + 2 (g-1) a_intra           (reduce-scatter + all-gather)
+                      + 2 (n-1)/n * (G/g) / B_inter + 2 (n-1) a_inter       (each GPU's shard across nodes)
+T_bwd = 2/3 T_c (backward ~ twice the forward). Every input is named with its source in ASSUMPTIONS
+or measured by benchmarks/; nothing else enters the numbers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Machine:
+    name: str = "JUWELS Booster"
+    gpus_per_node: int = 4
+    intra_bw: float = 150e9      # bytes/s per GPU, NCCL bus bandwidth over NVLink3 (A100 SXM4, 4 GPUs)
+    intra_lat: float = 5e-6
+    inter_bw: float = 22e9       # bytes/s per GPU: one HDR200 NIC (25 GB/s line rate) at ~90% for NCCL
+    inter_lat: float = 10e-6
+    sources: dict = field(default_factory=lambda: {
+        "gpus_per_node": "JUWELS Booster: 4x NVIDIA A100 per node",
+        "intra_bw": "assumed: NVLink3 600 GB/s per GPU total; NCCL all-reduce bus bandwidth ~150 GB/s on 4 GPUs",
+        "inter_bw": "JUWELS Booster: 4x HDR200 InfiniBand per node = one 200 Gb/s (25 GB/s) NIC per GPU; 90% assumed",
+        "latencies": "assumed typical NCCL step latencies: 5 us NVLink, 10 us InfiniBand",
+    })
+
+
+def ring_allreduce_time(nbytes: float, n: int, bw: float, lat: float) -> float:
+    if n <= 1:
+        return 0.0
+    return 2 * (n - 1) / n * nbytes / bw + 2 * (n - 1) * lat
+
+
+def hierarchical_allreduce_time(nbytes: float, n_gpus: int, m: Machine) -> float:
+    g = min(m.gpus_per_node, n_gpus)
+    nodes = max(1, n_gpus // g)
+    t = ring_allreduce_time(nbytes, g, m.intra_bw, m.intra_lat)
+    return t + ring_allreduce_time(nbytes / g, nodes, m.inter_bw, m.inter_lat)
+
+
+def efficiency(t_compute: float, t_allreduce: float, overlap: float = 0.0) -> float:
+    t_bwd = 2.0 / 3.0 * t_compute
+    exposed = max(0.0, t_allreduce - overlap * t_bwd)
+    return t_compute / (t_compute + exposed)
+
+
+def project(params: int, t_compute: float, gpu_counts, machine: Machine, *, grad_bytes_per_param: int = 4,
+            overlap: float = 0.0, algorithm: str = "hierarchical") -> list:
+    """[(N, allreduce seconds, step seconds, efficiency)] for each N in gpu_counts."""
+    g_bytes = params * grad_bytes_per_param
+    out = []
+    for n in gpu_counts:
+        if algorithm == "hierarchical":
+            t_ar = hierarchical_allreduce_time(g_bytes, n, machine)
+        else:
+            t_ar = ring_allreduce_time(g_bytes, n, machine.inter_bw if n > machine.gpus_per_node else machine.intra_bw,
+                                       machine.inter_lat if n > machine.gpus_per_node else machine.intra_lat)
+        e = efficiency(t_compute, t_ar, overlap)
+        out.append((n, t_ar, t_compute / e, e))
+    return out

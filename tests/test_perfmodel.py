@@ -1,0 +1,27 @@
+import pytest
+
+from covidnetx.perfmodel import Machine, efficiency, hierarchical_allreduce_time, project, ring_allreduce_time
+
+
+def test_ring_formula_on_known_inputs():
+    # 100 MB over 8 ranks at 10 GB/s, 1 us latency: 2*7/8*0.01 s + 14 us
+    assert ring_allreduce_time(100e6, 8, 10e9, 1e-6) == pytest.approx(0.0175 + 14e-6)
+    assert ring_allreduce_time(100e6, 1, 10e9, 1e-6) == 0.0
+
+
+def test_hierarchical_formula_and_single_node():
+    m = Machine(gpus_per_node=4, intra_bw=100e9, intra_lat=0.0, inter_bw=10e9, inter_lat=0.0)
+    g = 80e6
+    # one node: only the NVLink ring
+    assert hierarchical_allreduce_time(g, 4, m) == pytest.approx(2 * 3 / 4 * g / 100e9)
+    # 4 nodes: + ring over nodes on a quarter of the bytes per GPU
+    assert hierarchical_allreduce_time(g, 16, m) == pytest.approx(2 * 3 / 4 * g / 100e9 + 2 * 3 / 4 * (g / 4) / 10e9)
+
+
+def test_efficiency_and_overlap():
+    assert efficiency(0.3, 0.1) == pytest.approx(0.75)
+    assert efficiency(0.3, 0.1, overlap=1.0) == pytest.approx(1.0)        # hidden behind 0.2 s of backward
+    assert efficiency(0.3, 0.3, overlap=1.0) == pytest.approx(0.3 / 0.4)
+    rows = project(25_557_032, 0.1036, [4, 8, 1024], Machine())
+    effs = [r[3] for r in rows]
+    assert effs[0] > effs[1] > effs[2] > 0.5 and all(r[2] >= 0.1036 for r in rows)
