@@ -86,8 +86,21 @@ def worker(args) -> None:
         if it >= args.warmup:
             times.append(t2 - t0)
             dtimes.append(t1 - t0)
+    ar_times = []
+    if args.worker != "plain" and size > 1:
+        # the gradient allreduce alone (one fused fp32 buffer of all parameters), for the performance model
+        import horovod.torch as hvd
+        flat = torch.zeros(sum(p.numel() for p in model.parameters()), device=dev)
+        for i in range(13):
+            t0 = time.perf_counter()
+            hvd.allreduce(flat, name="bench.gradients")
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 3:
+                ar_times.append(time.perf_counter() - t0)
     if rank == 0:
-        print("RESULT " + json.dumps({"times": times, "data_times": dtimes, "size": size, "batch": b}))
+        print("RESULT " + json.dumps({"times": times, "data_times": dtimes, "size": size, "batch": b,
+                                      "allreduce_times": ar_times}))
 
 
 def run_worker(mode, np_, data, loader, args, extra_env=None) -> dict:

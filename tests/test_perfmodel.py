@@ -25,3 +25,19 @@ def test_efficiency_and_overlap():
     rows = project(25_557_032, 0.1036, [4, 8, 1024], Machine())
     effs = [r[3] for r in rows]
     assert effs[0] > effs[1] > effs[2] > 0.5 and all(r[2] >= 0.1036 for r in rows)
+
+
+def test_model_against_the_measured_np2_point():
+    """benchmarks/scaling.py measured here (2 cores): np=1 step time, np=2 step time and the np=2
+    allreduce of ResNet-18's fused gradients. The model, fed the measured compute time and allreduce
+    time, must give the efficiency recorded beside them and land within 10 points of the measured one."""
+    import csv
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "bench-scaling-cpu2-fp32-resnet18-np1-2.csv"
+    rows = {int(r["np"]): r for r in csv.DictReader(path.open())}
+    t_c = float(rows[1]["weak_step_s"])
+    t_ar = float(rows[2]["allreduce_s"])
+    predicted = efficiency(t_c, t_ar, overlap=0.0)
+    assert predicted == pytest.approx(float(rows[2]["model_eff_no_overlap"]), abs=1e-3)
+    measured = float(rows[2]["weak_eff"])
+    assert abs(predicted - measured) < 0.10, (predicted, measured)

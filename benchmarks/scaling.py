@@ -1,0 +1,94 @@
+"""Weak- and strong-scaling efficiency across process counts, with the performance model beside it.
+
+  python benchmarks/scaling.py [--counts 1,2] [--model resnet18] [--size 64] [--batch 16] [--iters 15]
+
+For each N (local mpirun; on a cluster use jobscripts/scaling.sbatch, which loops over node counts):
+  weak   : fixed batch per process; efficiency = throughput_N / (N x throughput_1)
+  strong : fixed global batch (batch split over N processes); efficiency = T_1 / (N x T_N) per global batch
+and, for N > 1, the measured allreduce time of the model's fused gradients, with the efficiency that
+covidnetx/perfmodel.py predicts from the measured step compute time and that allreduce time (no overlap:
+Horovod overlaps little on one CPU core per rank). Writes one CSV per run named by what it measured
+(bench-scaling-<hardware>-<precision>-<model>-np<counts>.csv), a PNG plot and a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import hardware_tag, machine_line, mean_ci, write_csv  # noqa: E402
+from benchmarks.train import run_worker  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--counts", default="1,2")
+    ap.add_argument("--model", default="resnet18")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--iters", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    ap.add_argument("--out", default="bench_out")
+    args = ap.parse_args(argv)
+    args.workers, args.data, args.loader = 0, "synthetic", "torch"
+    from covidnetx.perfmodel import efficiency
+    counts = [int(c) for c in args.counts.split(",")]
+    print(f"# scaling: {args.model} {args.size}px, batch {args.batch}/process (weak) or {args.batch} global (strong), "
+          f"{args.iters} timed iterations, {args.threads} thread(s)/process; {machine_line()}")
+    res = {}
+    for n in counts:
+        weak, strong, ar = [], [], []
+        for _ in range(args.repeats):
+            w = run_worker("hvd", n, "synthetic", "torch", args)
+            weak += w["times"]
+            ar += w.get("allreduce_times", [])
+            sargs = argparse.Namespace(**{**vars(args), "batch": max(1, args.batch // n)})
+            strong += run_worker("hvd", n, "synthetic", "torch", sargs)["times"]
+        res[n] = {"weak_step": statistics.fmean(weak), "weak_ci": mean_ci([args.batch / t for t in weak])[1],
+                  "strong_step": statistics.fmean(strong), "allreduce": statistics.fmean(ar) if ar else 0.0}
+    base = res[counts[0]]
+    rows = []
+    lines = ["| N | img/s per process (weak) | weak eff. | strong eff. | gradient allreduce (ms) | model eff. (no overlap) |",
+             "|---|---|---|---|---|---|"]
+    for n in counts:
+        r = res[n]
+        thr = args.batch / r["weak_step"]
+        weak_eff = thr / (args.batch / base["weak_step"])
+        strong_eff = base["strong_step"] / (n / counts[0] * r["strong_step"]) if n else 0
+        t_c = base["weak_step"]
+        pred = efficiency(t_c, r["allreduce"], overlap=0.0) if n > 1 else 1.0
+        lines.append(f"| {n} | {thr:.1f} ± {r['weak_ci']:.1f} | {100 * weak_eff:.0f}% | {100 * strong_eff:.0f}% | "
+                     f"{1e3 * r['allreduce']:.1f} | {100 * pred:.0f}% |")
+        rows.append({"np": n, "model": args.model, "size": args.size, "batch": args.batch,
+                     "weak_step_s": round(r["weak_step"], 5), "weak_img_per_s_per_proc": round(thr, 2),
+                     "weak_eff": round(weak_eff, 4), "strong_step_s": round(r["strong_step"], 5),
+                     "strong_eff": round(strong_eff, 4), "allreduce_s": round(r["allreduce"], 5),
+                     "model_eff_no_overlap": round(pred, 4)})
+    print("\n".join(lines))
+    out = Path(args.out)
+    stem = f"bench-scaling-{hardware_tag()}-{args.precision}-{args.model}-np{'-'.join(map(str, counts))}"
+    write_csv(out / f"{stem}.csv", rows)
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(counts, [100 * r["weak_eff"] for r in rows], "o-", label="weak (measured)")
+    ax.plot(counts, [100 * r["strong_eff"] for r in rows], "s-", label="strong (measured)")
+    ax.plot(counts, [100 * r["model_eff_no_overlap"] for r in rows], "k--", label="model (no overlap)")
+    ax.set_xlabel("processes")
+    ax.set_ylabel("efficiency (%)")
+    ax.set_ylim(0, 110)
+    ax.legend()
+    fig.savefig(out / f"{stem}.png", dpi=120, bbox_inches="tight")
+    print(f"wrote {out}/{stem}.csv, .md, .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
