@@ -38,3 +38,29 @@ def test_compute_frontier_takes_best_per_bin_and_is_monotone():
     fx, fy = compute_frontier(c, e)
     assert list(fx) == [1.2e3, 1.1e4, 3e5] and list(fy) == [0.7, 0.5, 0.4]   # 1e5 and 3e5 share a bin
     assert all(np.diff(fy) <= 0)
+
+
+def test_fit_cli_on_a_results_table(tmp_path, capsys):
+    from covidnetx.cli import main
+    from covidnetx.results import REQUIRED_FIELDS, append_row
+    rng = np.random.default_rng(3)
+    res = tmp_path / "results.jsonl"
+    for src, b in (("nat", 0.3), ("cxr", 0.6)):
+        for p in np.logspace(4, 8, 9):
+            for seed in range(2):
+                row = {k: None for k in REQUIRED_FIELDS}
+                err = (40 * p ** -b + 0.05) * np.exp(rng.normal(0, 0.01))
+                row.update(run_id=f"{src}-{p:.0f}-{seed}", task="transfer", source=src, regime="full", shots=None,
+                           params=int(p), accuracy=1 - err, final=True, time=0)
+                append_row(res, row)
+    assert main(["fit", str(res), "--x", "params", "--by", "source,regime", "--bootstrap", "50"]) == 0
+    out = capsys.readouterr().out
+    for src, b in (("nat", 0.3), ("cxr", 0.6)):
+        line = [l for l in out.splitlines() if l.startswith(f"source={src}")][0]
+        got = float(line.split(" b=")[1].split()[0])
+        assert abs(got - b) / b < 0.05, line
+    for f in ("fits-params.csv", "fits-params.json", "error-vs-params.png", "error-vs-params.pdf"):
+        assert (tmp_path / "fits" / f).is_file()
+    assert main(["fit", str(res), "--x", "params", "--by", "source,run_id", "--strict", "--bootstrap", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "not fitted: too few points to fit" in err and "got 1" in err

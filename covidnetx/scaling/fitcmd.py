@@ -19,6 +19,8 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     p.add_argument("--task", choices=("transfer", "pretrain", "all"), default="transfer")
     p.add_argument("--out", default=None, help="output folder (default: beside the results, fits/)")
     p.add_argument("--bootstrap", type=int, default=200)
+    p.add_argument("--law", choices=("auto", "saturating", "power"), default="auto",
+                   help="auto: saturating a*x^-b+c, falling back to a*x^-b where too few points")
     p.add_argument("--strict", action="store_true", help="exit 2 when any group cannot be fitted")
     return p
 
@@ -28,7 +30,8 @@ def run(args) -> int:
     if args.task != "all":
         rows = [r for r in rows if r.get("task") == args.task]
     by = [k.strip() for k in args.by.split(",") if k.strip()]
-    fits = fit_groups(rows, args.x, args.metric, by, args.bootstrap)
+    laws = ("saturating", "power") if args.law == "auto" else (args.law,)
+    fits = fit_groups(rows, args.x, args.metric, by, args.bootstrap, laws=laws)
     if not fits:
         raise UserError(f"{args.results}: no rows with {args.metric!r} and an x value for {args.x!r}")
     out = Path(args.out) if args.out else Path(args.results).parent / "fits"

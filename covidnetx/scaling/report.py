@@ -52,7 +52,8 @@ def _key(row, by):
     return tuple(row.get(k) for k in by)
 
 
-def fit_groups(rows: list, axis: str, metric: str, by: list, n_boot: int = 200) -> list:
+def fit_groups(rows: list, axis: str, metric: str, by: list, n_boot: int = 200,
+               laws=("saturating", "power")) -> list:
     groups = defaultdict(list)
     for r in rows:
         if r.get(metric) is None or x_value(r, axis) is None:
@@ -69,7 +70,7 @@ def fit_groups(rows: list, axis: str, metric: str, by: list, n_boot: int = 200) 
             xs, ys = compute_frontier(xs, ys)
         rec = {**dict(zip(by, key)), "x": axis, "metric": metric, "n_points": int(len(xs)),
                "points": [[float(a), float(b)] for a, b in zip(xs, ys)]}
-        for kind in ("saturating", "power"):
+        for kind in laws:
             try:
                 f = fit_law(xs, ys, kind, n_boot=n_boot)
             except UserError as e:
