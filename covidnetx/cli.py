@@ -24,7 +24,9 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``only``, just that subcommand's module is imported (fast start-up: packing
+    never imports torch)."""
     import importlib
 
     p = argparse.ArgumentParser(prog="covidnetx", description=__doc__.split("\n")[0])
@@ -32,15 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND")
     for name, (mod, help_) in SUBCOMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
-        m = importlib.import_module(mod)
-        m.build_parser(sp)
-        sp.set_defaults(func=m.run)
+        if only is None or name == only:
+            m = importlib.import_module(mod)
+            m.build_parser(sp)
+            sp.set_defaults(func=m.run)
     return p
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
+    parser = build_parser(argv[0] if argv and argv[0] in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -272,9 +272,9 @@ def clean_stale(out: Path, plan: dict) -> None:
 # ----------------------------------------------------------------------------------------------------
 def run(args) -> int:
     import time
-    t0 = time.perf_counter()
     comm = get_comm()
     rank, size = comm.Get_rank(), comm.Get_size()
+    t0 = time.perf_counter()           # the packer's own time: after MPI start-up
     out = Path(args.out_dir)
     error = None
     plan = None
