@@ -6,7 +6,7 @@ from typing import Optional
 import numpy as np
 
 RESIZE_MODES = ("shorter-crop", "stretch", "shorter", "none")
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "P;gray"}
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
 def image_channels(path: str) -> int:

@@ -335,14 +335,10 @@ def dali_loader(view, pp: Preprocess, batch: int, seed: int, rank: int, size: in
     tdev = torch_device or torch.device("cpu")
 
     def gen():
-        try:
-            for _ in range(n_batches):
-                img, label, valid, index = pipe.run()
-                yield {"image": _to_torch(img, tdev), "label": _to_torch(label, torch.device("cpu")),
-                       "valid": _to_torch(valid, torch.device("cpu")), "index": _to_torch(index, torch.device("cpu"))}
-        finally:
-            del pipe_holder[:]
-    pipe_holder = [pipe]
+        for _ in range(n_batches):
+            img, label, valid, index = pipe.run()
+            yield {"image": _to_torch(img, tdev), "label": _to_torch(label, torch.device("cpu")),
+                   "valid": _to_torch(valid, torch.device("cpu")), "index": _to_torch(index, torch.device("cpu"))}
     return gen()
 
 

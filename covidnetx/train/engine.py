@@ -184,8 +184,7 @@ class Trainer:
 
     def save(self, step: int, samples_seen: int) -> None:
         if self.dist.is_primary:
-            inner = self.opt
-            state = {"model": self.model.state_dict(), "optimizer": inner.state_dict(), "step": step,
+            state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "step": step,
                      "samples_seen": samples_seen, "class_names": self.class_names, "config": C.dump(self.cfg),
                      "scaler": self.scaler.state_dict() if self.scaler else None, "meta": self.meta_for_ckpt(step, samples_seen)}
             atomic_torch_save(state, self.run_dir / CKPT)
