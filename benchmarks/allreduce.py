@@ -1,7 +1,8 @@
-"""Horovod allreduce latency and bandwidth vs message size, plus the fused gradient sizes of the
-registered models. Run under a launcher:
+"""Allreduce latency and bandwidth vs message size, plus the fused gradient sizes of the registered
+models, through Horovod (default) or torch.distributed (NCCL on GPUs, gloo on CPUs). Run under a launcher:
 
   mpirun -np 2 python benchmarks/allreduce.py        (or: srun -n N ..., horovodrun -np N ...)
+  python benchmarks/allreduce.py --backend torch     (one process: the single-GPU floor of NCCL)
 
 Prints per size: mean time ± 1.96σ, algorithm bandwidth (bytes / time) and bus bandwidth
 (2 (N-1)/N x bytes / time, comparable across N). Rank 0 writes bench_out/bench-allreduce-<hw>-np<N>.csv.
@@ -23,13 +24,23 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--models", default="resnet_w8,resnet_w32,resnet18,resnet50")
     ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--backend", choices=("horovod", "torch"), default="horovod")
     args = ap.parse_args(argv)
     import torch
-    import horovod.torch as hvd
+    from covidnetx import dist as cdist
     from covidnetx.models import count_params, create_model
-    hvd.init()
-    n, rank = hvd.size(), hvd.rank()
-    dev = torch.device("cuda", hvd.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+    d = cdist.init(args.backend, "auto")
+    n, rank, dev = d.size, d.rank, d.device
+    if args.backend == "horovod":
+        import horovod.torch as hvd
+
+        def allreduce(t, nbytes):
+            hvd.allreduce(t, op=hvd.Sum, name=f"bench.{nbytes}")
+    else:
+        import torch.distributed as td
+
+        def allreduce(t, nbytes):
+            td.all_reduce(t)
     sizes = []
     b = 4
     while b <= args.max_bytes:
@@ -39,7 +50,7 @@ def main(argv=None) -> int:
         sizes.append((name, 4 * count_params(create_model(name, 3))))
     rows = []
     if rank == 0:
-        print(f"# Horovod allreduce (sum, fp32), np={n}, {dev.type}; {args.reps} timed reps after 3 warm-up")
+        print(f"# {args.backend} allreduce (sum, fp32), np={n}, {dev.type}; {args.reps} timed reps after 3 warm-up")
     for label, nbytes in sizes:
         t = torch.ones(nbytes // 4, device=dev)
         times = []
@@ -47,7 +58,7 @@ def main(argv=None) -> int:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            hvd.allreduce(t, op=hvd.Sum, name=f"bench.{nbytes}")
+            allreduce(t, nbytes)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             if i >= 3:
@@ -58,12 +69,13 @@ def main(argv=None) -> int:
             busbw = 2 * (n - 1) / n * algbw if n > 1 else algbw
             print(f"{label or '':>10} {nbytes:>12,d} B: {1e6 * m:10.1f} ± {1e6 * c:8.1f} us   "
                   f"alg {algbw / 1e9:7.3f} GB/s   bus {busbw / 1e9:7.3f} GB/s")
-            rows.append({"model": label, "bytes": nbytes, "np": n, "mean_s": m, "ci95_s": c, "algbw_GBps": algbw / 1e9,
+            rows.append({"backend": args.backend, "model": label, "bytes": nbytes, "np": n, "mean_s": m, "ci95_s": c, "algbw_GBps": algbw / 1e9,
                          "busbw_GBps": busbw / 1e9})
     if rank == 0:
-        path = write_csv(Path(args.out) / f"bench-allreduce-{hardware_tag()}-np{n}.csv", rows)
+        tag = "" if args.backend == "horovod" else f"-{args.backend}"
+        path = write_csv(Path(args.out) / f"bench-allreduce{tag}-{hardware_tag()}-np{n}.csv", rows)
         print(f"wrote {path}")
-    hvd.shutdown()
+    d.shutdown()
     return 0
 
 

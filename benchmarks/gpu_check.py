@@ -3,11 +3,16 @@
   python benchmarks/gpu_check.py [--out $OUT] [--images 3000] [--batch 256]
 
 1. environment: GPU, torch, whether nvidia-dali and horovod are importable;
-2. bf16 ResNet-50 training steps (224 px, channels_last) on synthetic data vs fed from packed HDF5 by
-   the torch loader (CPU workers) and, when DALI is installed, by the DALI GPU pipeline (mixed decode);
-   target: HDF5 >= 95% of synthetic;
-3. the engine end to end on the GPU: `covidnetx pretrain` (backend none, precision bf16) a few steps;
-4. the loader benchmark (CPU loaders at this node's core count; DALI GPU when present).
+2. DALI GPU pipeline vs the torch reference on the same samples (evaluation and augmented training
+   batches; uint8 levels), when DALI is installed;
+3. bf16 ResNet-50 training steps (224 px, channels_last) on synthetic data vs fed from packed HDF5
+   (gray, repeated to 3 channels on the GPU) by the torch loader (CPU workers) and by the DALI GPU
+   pipeline (in-process source and worker processes); target: HDF5 >= 95% of synthetic;
+4. the engine end to end on the GPU: `covidnetx pretrain` (backend none, bf16) with the torch loader
+   and with the DALI GPU loader;
+5. allreduce on the GPU (torch.distributed/NCCL, one process: the single-GPU floor; Horovod too when
+   it is installed with GPU support);
+6. the loader benchmark (CPU loaders at this node's core count; DALI GPU when present).
 """
 from __future__ import annotations
 
@@ -35,6 +40,31 @@ def sh(cmd, log, timeout=300):
     return r
 
 
+def equality(packed: Path) -> int:
+    """DALI GPU vs torch (reference) on the same samples: evaluation and augmented training batches."""
+    import torch
+    from covidnetx.data.compose import Mixture
+    from covidnetx.data.hdf5 import PackedDataset
+    from covidnetx.data.loader import Preprocess, make_loader
+    dev = torch.device("cuda", 0)
+    out = []
+    for split, train, pp in (("val", False, Preprocess(image_size=224, resize_size=240)),
+                             ("train", True, Preprocess(image_size=224, rotate_deg=5.0))):
+        view = Mixture([PackedDataset(packed, split)])
+        kw = dict(train=train, steps=2 if train else None)
+        a = list(make_loader("torch", view, pp, 32, 0, 0, 1, workers=0, **kw))
+        b = list(make_loader("dali", view, pp, 32, 0, 0, 1, workers=2, device="gpu", torch_device=dev, **kw))
+        ia, ib = torch.cat([x["index"] for x in a]), torch.cat([x["index"] for x in b])
+        xa = torch.cat([x["image"] for x in a]).int()
+        xb = torch.cat([x["image"].cpu() for x in b]).int()
+        same = bool(torch.equal(ia, ib)) and xa.shape == xb.shape
+        d = (xa - xb).abs().float() if same else torch.full((1,), float("nan"))
+        out.append(f"{split}: {len(ia)} samples, same indices {same}, |diff| mean {d.mean().item():.3f} max "
+                   f"{d.max().item():.0f} levels, >2 levels {100 * (d > 2).float().mean().item():.2f}%")
+    print("; ".join(out))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out/gpu"))
@@ -45,7 +75,11 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--workers", type=int, default=min(12, (os.cpu_count() or 2) - 2))
+    ap.add_argument("--dali-workers", type=int, default=min(8, (os.cpu_count() or 2) - 2))
+    ap.add_argument("--equality", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.equality:
+        return equality(Path(args.equality))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "gpu_check.log", "w")
@@ -70,10 +104,15 @@ def main(argv=None) -> int:
     print(f"generated + packed {args.images} images in {time.time() - t0:.0f} s: {r.stdout.strip()}", flush=True)
     rows = []
 
-    def train(data, loader, workers):
+    if env["nvidia.dali"] == "yes":
+        r = sh([py, __file__, "--equality", str(packed)], log, timeout=180)
+        print("DALI GPU vs torch reference:", (r.stdout.strip().splitlines() or ["failed (see gpu_check.log)"])[-1],
+              flush=True)
+
+    def train(data, loader, workers, channels=1):
         cmd = [py, "benchmarks/train.py", "--worker", "plain", "--model", args.model, "--size", str(args.size), "--batch",
                str(args.batch), "--iters", str(args.iters), "--warmup", "8", "--threads", "4", "--data", data,
-               "--loader", loader, "--precision", "bf16", "--workers", str(workers)]
+               "--loader", loader, "--precision", "bf16", "--workers", str(workers), "--channels", str(channels)]
         r = sh(cmd, log, timeout=240)
         line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
         if not line:
@@ -83,13 +122,18 @@ def main(argv=None) -> int:
         dfrac = sum(d["data_times"]) / sum(d["times"])
         return mean_ci(rates) + (dfrac,)
 
-    syn = train("synthetic", "torch", 0)
+    # on a GPU the gray images are repeated to 3 channels after the copy (loader.normalize), so the
+    # model sees what the synthetic RGB batch gives it
+    syn = train("synthetic", "torch", 0, channels=3)
     if syn is None:
         print("synthetic training failed (see gpu_check.log)", flush=True)
         return 1
     print(f"bf16 {args.model} synthetic:            {syn[0]:8.0f} ± {syn[1]:5.0f} img/s", flush=True)
-    rows.append({"what": "resnet50-bf16-synthetic", "img_per_s": round(syn[0], 1), "ci95": round(syn[1], 1), "data_frac": 0})
-    for loader, workers in (("torch", args.workers), ("dali", 4)):
+    rows.append({"what": f"{args.model}-bf16-synthetic", "img_per_s": round(syn[0], 1), "ci95": round(syn[1], 1),
+                 "data_frac": 0})
+    # DALI: the Python source only copies stored bytes out of the memory-mapped shards and draws the
+    # augmentation parameters, so in-process (0 workers) can beat worker processes; both are measured
+    for loader, workers in (("torch", args.workers), ("dali", 0), ("dali", args.dali_workers)):
         if loader == "dali" and not env["nvidia.dali"] == "yes":
             print("bf16 ResNet-50 HDF5 + DALI GPU:      skipped (nvidia-dali not installed on this node)", flush=True)
             continue
@@ -100,16 +144,26 @@ def main(argv=None) -> int:
         print(f"bf16 {args.model} HDF5 + {loader:<5} ({workers} workers): {res[0]:8.0f} ± {res[1]:5.0f} img/s = "
               f"{100 * res[0] / syn[0]:.0f}% of synthetic (target >= 95%); data wait {100 * res[2]:.0f}% of step",
               flush=True)
-        rows.append({"what": f"resnet50-bf16-hdf5-{loader}", "img_per_s": round(res[0], 1), "ci95": round(res[1], 1),
+        rows.append({"what": f"{args.model}-bf16-hdf5-{loader}-w{workers}", "img_per_s": round(res[0], 1), "ci95": round(res[1], 1),
                      "data_frac": round(res[2], 4)})
     r = sh([py, "-m", "covidnetx.cli", "pretrain", f"data.sources=[{packed}]", f"out_dir={work / 'runs'}",
             "run_name=gpu", "backend=none", "precision=bf16", f"model.name={args.model}", f"data.image_size={args.size}",
             f"data.workers={args.workers}", "optim.batch_size=128", "optim.steps=40", "optim.lr=0.1",
             "optim.base_batch=256", "log_every=10", "bootstrap=50", "data.eval_split=val"], log, timeout=300)
-    print("engine on GPU (covidnetx pretrain, bf16, 40 steps):", (r.stdout.strip().splitlines() or ["failed"])[-1],
-          flush=True)
-    r = sh([py, "benchmarks/loader.py", "--images", "1000", "--batches", "12", "--workers", f"0,{args.workers}",
-            "--work", work / "loader", "--out", out], log, timeout=300)
+    print("engine on GPU (covidnetx pretrain, bf16, 40 steps, torch loader):",
+          (r.stdout.strip().splitlines() or ["failed"])[-1], flush=True)
+    if env["nvidia.dali"] == "yes":
+        r = sh([py, "-m", "covidnetx.cli", "pretrain", f"data.sources=[{packed}]", f"out_dir={work / 'runs'}",
+                "run_name=gpu-dali", "backend=none", "precision=bf16", f"model.name={args.model}",
+                f"data.image_size={args.size}", "data.loader=dali", "data.device=gpu",
+                "data.workers=0", "optim.batch_size=128", "optim.steps=40", "optim.lr=0.1",
+                "optim.base_batch=256", "log_every=10", "bootstrap=50", "data.eval_split=val"], log, timeout=300)
+        print("engine on GPU (covidnetx pretrain, bf16, 40 steps, DALI GPU loader):",
+              (r.stdout.strip().splitlines() or ["failed"])[-1], flush=True)
+    r = sh([py, "benchmarks/allreduce.py", "--backend", "torch", "--out", out, "--reps", "20"], log, timeout=120)
+    print("\n".join(l for l in r.stdout.splitlines() if not l.startswith("wrote")) or "allreduce failed", flush=True)
+    r = sh([py, "benchmarks/loader.py", "--images", "1000", "--batches", "48", "--rounds", "2", "--workers", f"0,{args.workers}",
+            "--work", work / "loader", "--out", out], log, timeout=200)
     print("\n".join(l for l in r.stdout.splitlines() if not l.startswith("wrote")), flush=True)
     write_csv(out / "bench-gpu-check.csv", rows)
     print(f"total {time.time() - t0:.0f} s", flush=True)

@@ -1,8 +1,9 @@
 """Weak- and strong-scaling efficiency across process counts, with the performance model beside it.
 
   python benchmarks/scaling.py [--counts 1,2] [--model resnet18] [--size 64] [--batch 16] [--iters 15]
+  python benchmarks/scaling.py --gather bench_out     (the outputs of jobscripts/scaling.sbatch jobs)
 
-For each N (local mpirun; on a cluster use jobscripts/scaling.sbatch, which loops over node counts):
+For each N (local mpirun; on a cluster one jobscripts/scaling.sbatch job per node count, gathered here):
   weak   : fixed batch per process; efficiency = throughput_N / (N x throughput_1)
   strong : fixed global batch (batch split over N processes); efficiency = T_1 / (N x T_N) per global batch
 and, for N > 1, the measured allreduce time of the model's fused gradients, with the efficiency that
@@ -13,6 +14,7 @@ Horovod overlaps little on one CPU core per rank). Writes one CSV per run named 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -34,9 +36,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--gather", default=None, metavar="DIR",
+                    help="instead of running: gather the scaling-*.json outputs of jobscripts/scaling.sbatch in DIR")
     args = ap.parse_args(argv)
-    args.workers, args.data, args.loader = 0, "synthetic", "torch"
-    from covidnetx.perfmodel import efficiency
+    if args.gather:
+        return gather(Path(args.gather), Path(args.out))
+    args.workers, args.data, args.loader, args.channels = 0, "synthetic", "torch", 1
     counts = [int(c) for c in args.counts.split(",")]
     print(f"# scaling: {args.model} {args.size}px, batch {args.batch}/process (weak) or {args.batch} global (strong), "
           f"{args.iters} timed iterations, {args.threads} thread(s)/process; {machine_line()}")
@@ -51,27 +56,36 @@ def main(argv=None) -> int:
             strong += run_worker("hvd", n, "synthetic", "torch", sargs)["times"]
         res[n] = {"weak_step": statistics.fmean(weak), "weak_ci": mean_ci([args.batch / t for t in weak])[1],
                   "strong_step": statistics.fmean(strong), "allreduce": statistics.fmean(ar) if ar else 0.0}
+    write_outputs(res, counts, args.batch, Path(args.out),
+                  f"bench-scaling-{hardware_tag()}-{args.precision}-{args.model}-np{'-'.join(map(str, counts))}",
+                  args.model, args.size)
+    return 0
+
+
+def write_outputs(res: dict, counts: list, batch: int, out: Path, stem: str, model: str, size: int) -> list:
+    """Efficiencies relative to the smallest count, the model's prediction beside them; CSV, Markdown
+    table and PNG plot named ``stem``. ``res[n]``: weak_step, weak_ci, allreduce (s), strong_step or None."""
+    from covidnetx.perfmodel import efficiency
     base = res[counts[0]]
     rows = []
     lines = ["| N | img/s per process (weak) | weak eff. | strong eff. | gradient allreduce (ms) | model eff. (no overlap) |",
              "|---|---|---|---|---|---|"]
     for n in counts:
         r = res[n]
-        thr = args.batch / r["weak_step"]
-        weak_eff = thr / (args.batch / base["weak_step"])
-        strong_eff = base["strong_step"] / (n / counts[0] * r["strong_step"]) if n else 0
-        t_c = base["weak_step"]
-        pred = efficiency(t_c, r["allreduce"], overlap=0.0) if n > 1 else 1.0
-        lines.append(f"| {n} | {thr:.1f} ± {r['weak_ci']:.1f} | {100 * weak_eff:.0f}% | {100 * strong_eff:.0f}% | "
+        thr = batch / r["weak_step"]
+        weak_eff = thr / (batch / base["weak_step"])
+        strong_eff = (base["strong_step"] / (n / counts[0] * r["strong_step"])
+                      if r.get("strong_step") and base.get("strong_step") else None)
+        pred = efficiency(base["weak_step"], r["allreduce"], overlap=0.0) if r["allreduce"] else 1.0
+        lines.append(f"| {n} | {thr:.1f} ± {r['weak_ci']:.1f} | {100 * weak_eff:.0f}% | "
+                     f"{'—' if strong_eff is None else f'{100 * strong_eff:.0f}%'} | "
                      f"{1e3 * r['allreduce']:.1f} | {100 * pred:.0f}% |")
-        rows.append({"np": n, "model": args.model, "size": args.size, "batch": args.batch,
+        rows.append({"np": n, "model": model, "size": size, "batch": batch,
                      "weak_step_s": round(r["weak_step"], 5), "weak_img_per_s_per_proc": round(thr, 2),
-                     "weak_eff": round(weak_eff, 4), "strong_step_s": round(r["strong_step"], 5),
-                     "strong_eff": round(strong_eff, 4), "allreduce_s": round(r["allreduce"], 5),
-                     "model_eff_no_overlap": round(pred, 4)})
+                     "weak_eff": round(weak_eff, 4), "strong_step_s": round(r.get("strong_step") or 0.0, 5),
+                     "strong_eff": "" if strong_eff is None else round(strong_eff, 4),
+                     "allreduce_s": round(r["allreduce"], 5), "model_eff_no_overlap": round(pred, 4)})
     print("\n".join(lines))
-    out = Path(args.out)
-    stem = f"bench-scaling-{hardware_tag()}-{args.precision}-{args.model}-np{'-'.join(map(str, counts))}"
     write_csv(out / f"{stem}.csv", rows)
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     import matplotlib
@@ -79,14 +93,44 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(counts, [100 * r["weak_eff"] for r in rows], "o-", label="weak (measured)")
-    ax.plot(counts, [100 * r["strong_eff"] for r in rows], "s-", label="strong (measured)")
+    if all(r["strong_eff"] != "" for r in rows):
+        ax.plot(counts, [100 * r["strong_eff"] for r in rows], "s-", label="strong (measured)")
     ax.plot(counts, [100 * r["model_eff_no_overlap"] for r in rows], "k--", label="model (no overlap)")
     ax.set_xlabel("processes")
     ax.set_ylabel("efficiency (%)")
     ax.set_ylim(0, 110)
     ax.legend()
     fig.savefig(out / f"{stem}.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
     print(f"wrote {out}/{stem}.csv, .md, .png")
+    return rows
+
+
+def gather(folder: Path, out: Path) -> int:
+    """Collect the RESULT lines of scaling.sbatch outputs (``scaling-*.json``), one series per (device,
+    precision, model, image size, batch), into the same CSV/table/plot as a local run."""
+    series: dict = {}
+    for f in sorted(folder.glob("scaling-*.json")):
+        lines = [l for l in f.read_text(errors="replace").splitlines() if l.startswith("RESULT ")]
+        if not lines:
+            print(f"{f}: no RESULT line (job failed or still running); skipped", file=sys.stderr)
+            continue
+        try:
+            d = json.loads(lines[-1][7:])
+            key = (d["device"], d["precision"], d["model"], d["image_size"], d["batch"])
+            series.setdefault(key, {})[int(d["size"])] = {
+                "weak_step": statistics.fmean(d["times"]), "weak_ci": mean_ci([d["batch"] / t for t in d["times"]])[1],
+                "allreduce": statistics.fmean(d["allreduce_times"]) if d.get("allreduce_times") else 0.0,
+                "strong_step": None}
+        except (ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"{f}: malformed RESULT line ({type(e).__name__}: {e})")
+    if not series:
+        raise SystemExit(f"no scaling-*.json with results in {folder}")
+    for (device, precision, model, size, batch), res in series.items():
+        counts = sorted(res)
+        stem = f"bench-scaling-{device}-{precision}-{model}-np{'-'.join(map(str, counts))}"
+        print(f"# gathered: {model} {size}px, batch {batch}/process, {precision}, on {device}")
+        write_outputs(res, counts, batch, out, stem, model, size)
     return 0
 
 

@@ -4,7 +4,10 @@
 
 Prints, each as img/s per process (mean ± 1.96σ over timed iterations after warm-up):
   1. a plain PyTorch loop on synthetic data, and Horovod np=1 on the same (overhead; target <= 2%);
-  2. Horovod np=1 vs np=2 under mpirun, synthetic data (weak-scaling efficiency; target >= 90%);
+  2. Horovod np=1 vs np=2 under mpirun, synthetic data (weak-scaling efficiency; target >= 90%), also
+     with fp16 compression of the allreduce; beside it two plain loops run at once without any
+     communication, which bounds what np=2 can reach on this machine (shared cores, caches and memory
+     bandwidth) and so splits the loss into contention and communication;
   3. Horovod np=1 fed from packed HDF5 by the torch loader and by DALI (CPU), with data time and
      compute time split, so an input-pipeline bottleneck shows.
 One thread per process (as Horovod's synthetic benchmark); runs alternate plain/Horovod to cancel drift.
@@ -44,11 +47,12 @@ def worker(args) -> None:
         rank, size = hvd.rank(), hvd.size()
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)        # Horovod: broadcast
         hvd.broadcast_optimizer_state(opt, root_rank=0)
-        opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())
+        opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(),
+                                       compression=hvd.Compression.fp16 if args.fp16_allreduce else hvd.Compression.none)
     b = args.batch
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if args.precision == "bf16" else None
     if args.data == "synthetic":
-        x = torch.randn(b, 3, args.size, args.size, device=dev)
+        x = torch.randn(b, args.channels, args.size, args.size, device=dev)
         if dev.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 3, (b,), device=dev)
@@ -56,7 +60,7 @@ def worker(args) -> None:
     else:
         from covidnetx.data.compose import Mixture
         from covidnetx.data.hdf5 import PackedDataset
-        from covidnetx.data.loader import Preprocess, make_loader
+        from covidnetx.data.loader import Preprocess, make_loader, normalize
         view = Mixture([PackedDataset(args.data, "train")])
         pp = Preprocess(image_size=args.size)
         batches = make_loader(args.loader, view, pp, b, 0, rank, size, workers=args.workers, train=True,
@@ -67,7 +71,7 @@ def worker(args) -> None:
         t0 = time.perf_counter()
         if batches is not None:
             bt = next(batches)
-            x, y = bt["image"].to(dev, non_blocking=True), bt["label"].to(dev, non_blocking=True)
+            x, y = normalize(bt["image"], pp, dev), bt["label"].to(dev, non_blocking=True)
             if dev.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
         t1 = time.perf_counter()
@@ -100,16 +104,17 @@ def worker(args) -> None:
                 ar_times.append(time.perf_counter() - t0)
     if rank == 0:
         print("RESULT " + json.dumps({"times": times, "data_times": dtimes, "size": size, "batch": b,
-                                      "allreduce_times": ar_times}))
+                                      "allreduce_times": ar_times, "model": args.model, "image_size": args.size,
+                                      "precision": args.precision, "device": hardware_tag()}))
 
 
-def run_worker(mode, np_, data, loader, args, extra_env=None) -> dict:
+def run_worker(mode, np_, data, loader, args, extra_env=None, fp16_allreduce=False) -> dict:
     from covidnetx.launch import mpirun_cmd
     cmd = [sys.executable, __file__, "--worker", mode, "--model", args.model, "--size", str(args.size),
            "--batch", str(args.batch), "--iters", str(args.iters), "--warmup", str(args.warmup),
            "--threads", str(args.threads), "--data", data, "--loader", loader, "--precision", args.precision,
-           "--workers", str(args.workers)]
-    if mode != "plain":
+           "--workers", str(args.workers), "--channels", str(args.channels)] + (["--fp16-allreduce"] if fp16_allreduce else [])
+    if mode != "plain" or np_ > 1:      # plain at np > 1: independent loops started together
         cmd = mpirun_cmd(np_) + cmd
     r = subprocess.run(cmd, capture_output=True, text=True,
                        env={**os.environ, "PYTHONWARNINGS": "ignore", **(extra_env or {})})
@@ -142,6 +147,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    ap.add_argument("--channels", type=int, default=1, choices=(1, 3),
+                    help="channels of the synthetic batch: 1 like the gray packed images (the fair baseline for "
+                         "them), 3 like RGB ImageNet (comparable with published ResNet-50 figures)")
     ap.add_argument("--data", default="synthetic")
     ap.add_argument("--loader", default="torch")
     ap.add_argument("--images", type=int, default=600)
@@ -149,33 +157,41 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="bench_out/train")
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("--no-loaders", action="store_true", help="skip the loader comparison at the end")
+    ap.add_argument("--fp16-allreduce", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         worker(args)
         return 0
     print(f"# train benchmark: {args.model} {args.size}px batch {args.batch}/process, {args.iters} timed iterations "
           f"after {args.warmup} warm-up, {args.threads} thread(s)/process, {args.precision}; {machine_line()}")
-    res = {"plain": [], "hvd1": [], "hvd2": []}
+    res = {"plain": [], "hvd1": [], "plain2": [], "hvd2": [], "hvd2fp16": []}
     for _ in range(args.repeats):          # alternate to cancel drift
         res["plain"].append(run_worker("plain", 1, "synthetic", "torch", args))
         res["hvd1"].append(run_worker("hvd", 1, "synthetic", "torch", args))
+        res["plain2"].append(run_worker("plain", 2, "synthetic", "torch", args))
         res["hvd2"].append(run_worker("hvd", 2, "synthetic", "torch", args))
+        res["hvd2fp16"].append(run_worker("hvd", 2, "synthetic", "torch", args, fp16_allreduce=True))
 
     def rate(runs):
         return [r["batch"] / t for r in runs for t in r["times"]]
 
     rows = []
     stats = {k: mean_ci(rate(v)) for k, v in res.items()}
-    labels = {"plain": "plain PyTorch loop, np=1", "hvd1": "Horovod np=1", "hvd2": "Horovod np=2 (per process)"}
+    labels = {"plain": "plain PyTorch loop, np=1", "hvd1": "Horovod np=1",
+              "plain2": "2 plain loops at once (per process)", "hvd2": "Horovod np=2 (per process)",
+              "hvd2fp16": "Horovod np=2, fp16 allreduce"}
     for k, (m, c) in stats.items():
-        print(f"{labels[k]:<34} {m:8.1f} ± {c:5.1f} img/s (synthetic)")
+        print(f"{labels[k]:<36} {m:8.1f} ± {c:5.1f} img/s (synthetic)")
         rows.append({"what": k, "data": "synthetic", "img_per_s_per_proc": round(m, 2), "ci95": round(c, 2),
                      "data_frac": 0.0})
     overhead = 1 - stats["hvd1"][0] / stats["plain"][0]
     eff = stats["hvd2"][0] / stats["hvd1"][0]
+    bound = stats["plain2"][0] / stats["plain"][0]
     print(f"Horovod np=1 overhead vs plain loop: {100 * overhead:+.1f}% (target <= 2%)")
     print(f"weak-scaling efficiency np=2 / np=1: {100 * eff:.1f}% (target >= 90%); total np=2 "
-          f"{2 * stats['hvd2'][0]:.1f} img/s")
+          f"{2 * stats['hvd2'][0]:.1f} img/s; with fp16 allreduce {100 * stats['hvd2fp16'][0] / stats['hvd1'][0]:.1f}%")
+    print(f"  of which: two processes sharing this machine without communicating reach {100 * bound:.1f}% "
+          f"(contention); communication costs the rest ({100 * stats['hvd2'][0] / stats['plain2'][0]:.1f}% of that bound)")
     work = Path(args.work)
     for enc, loader in (("raw", "torch"), ("raw", "dali"), ("png", "torch"), ("png", "dali")):
         data = ensure_packed(work, args.images, args.src_size, enc)

@@ -92,3 +92,25 @@ def test_reader_errors_name_the_problem(tmp_path):
     ds = H.PackedDataset(tmp_path / "out", "train")
     with pytest.raises(IndexError):
         ds.read_image(len(ds))
+
+
+def test_raw_shards_are_read_through_a_memory_map_and_other_layouts_through_h5py(tmp_path):
+    raw, imgs = _raw_folder(tmp_path)
+    run_cli("pack", "imagefolder", raw, tmp_path / "out", "--encoding", "raw", "--shard-size", "5",
+            "--splits", "1,0,0", "--no-progress")
+    ds = H.PackedDataset(tmp_path / "out", "train")
+    assert isinstance(ds._image_data(0), np.memmap)           # the packer writes raw images contiguously
+    expect = [ds.read_image(i).copy() for i in range(len(ds))]
+    assert all(np.array_equal(e, imgs[p]) for e, p in zip(expect, ds.paths))
+    # a shard someone re-wrote chunked and compressed (e.g. with h5repack) is still read, through h5py
+    shard = tmp_path / "out" / ds.shards[1]["file"]
+    ds.close()
+    with h5py.File(shard, "a") as f:
+        data = f["image"][()]
+        del f["image"]
+        f.create_dataset("image", data=data, chunks=(1,) + data.shape[1:], compression="gzip")
+    ds2 = H.PackedDataset(tmp_path / "out", "train")
+    assert not isinstance(ds2._image_data(1), np.memmap) and isinstance(ds2._image_data(0), np.memmap)
+    for i in range(len(ds2)):
+        assert np.array_equal(ds2.read_image(i), expect[i])
+    assert all(np.array_equal(a, b) for a, b in zip(ds2.read_images(range(len(ds2))), expect))

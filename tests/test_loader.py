@@ -27,21 +27,28 @@ def _collect(kind, view, pp, rank=0, size=1, train=False, steps=None, workers=0,
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-@pytest.mark.parametrize("ds, size, resize, tol", [
-    ("cxr", 40, 0, 1e-6),        # png bytes, gray -> 3 channels, no resampling: equal up to float rounding
-    ("cxr", 32, 36, 1e-4),       # resize shorter side + centre crop
-    ("nat", 32, 0, 1e-6),        # raw uint8 arrays, RGB
-    ("nat", 24, 28, 1e-4),
+@pytest.mark.parametrize("ds, size, resize, channels, exact", [
+    ("cxr", 40, 0, 1, True),       # png bytes, gray, no resampling: identical bytes
+    ("cxr", 32, 36, 1, False),     # resize shorter side + centre crop: rounding to uint8 may differ by 1
+    ("nat", 32, 0, 3, True),       # raw uint8 arrays, RGB
+    ("nat", 24, 28, 3, False),
 ])
-def test_dali_and_torch_give_the_same_eval_tensors(packed, ds, size, resize, tol):
+def test_dali_and_torch_give_the_same_eval_tensors(packed, ds, size, resize, channels, exact):
     view = Mixture([PackedDataset(packed / ds, "val")])
     pp = Preprocess(image_size=size, resize_size=resize)
     a = _collect("torch", view, pp)
     b = _collect("dali", view, pp)
     assert torch.equal(a["index"], b["index"]) and torch.equal(a["valid"], b["valid"])
     assert torch.equal(a["label"], b["label"])
-    assert a["image"].shape == (len(a["index"]), 3, size, size)
-    assert (a["image"] - b["image"]).abs().max().item() < tol
+    # both hand out uint8 CHW in the stored channel count (normalisation happens on the consumer's device)
+    assert a["image"].dtype == b["image"].dtype == torch.uint8
+    assert a["image"].shape == b["image"].shape == (len(a["index"]), channels, size, size)
+    d = (a["image"].int() - b["image"].int()).abs()
+    if exact:
+        assert d.max().item() == 0
+    else:
+        # torch resamples uint8 in fixed point, DALI in float: the roundings part on ~1 pixel in 5, by one level
+        assert d.max().item() <= 1 and d.float().mean().item() < 0.35
 
 
 def test_dali_and_torch_augment_alike(packed):
@@ -50,12 +57,44 @@ def test_dali_and_torch_augment_alike(packed):
     a = _collect("torch", view, pp, train=True, steps=3)
     b = _collect("dali", view, pp, train=True, steps=3, workers=2)      # parallel external source (fork)
     assert torch.equal(a["index"], b["index"])
-    d = (a["image"] - b["image"]).abs()
-    # bilinear sampling of rotated crops differs in the last bits between implementations
-    assert d.max().item() < 0.02 and d.mean().item() < 1e-4
+    d = (a["image"].int() - b["image"].int()).abs()
+    # bilinear sampling of rotated crops, each rounded to uint8, differs by a level here and there; a
+    # mismatched crop box, flip or angle would differ by tens of levels nearly everywhere
+    assert d.float().mean().item() < 0.5 and (d > 2).float().mean().item() < 0.01
     # augmentation really happens: a second stream position of the same sample differs
     c = _collect("torch", view, Preprocess(image_size=28, augment=False), train=True, steps=3)
-    assert (a["image"] - c["image"]).abs().mean().item() > 0.05
+    assert (a["image"].int() - c["image"].int()).abs().float().mean().item() > 10
+
+
+def test_dali_workers_started_by_spawn_give_what_fork_gives(packed):
+    """A GPU job has initialised CUDA before its loader starts, and DALI then refuses to fork its workers;
+    the loader spawns them instead (dali_start_method). Spawned workers must deliver the same batches."""
+    from covidnetx.data.loader import dali_loader, dali_start_method
+    assert dali_start_method() == "fork"           # no CUDA initialised here
+    view = Mixture([PackedDataset(packed / "cxr", "train")])
+    pp = Preprocess(image_size=24, rotate_deg=0.0)
+    got = {}
+    for method in ("fork", "spawn"):
+        bs = list(dali_loader(view, pp, 8, 3, 0, 1, workers=2, train=True, steps=2, start_method=method))
+        got[method] = torch.cat([b["image"] for b in bs]), torch.cat([b["index"] for b in bs])
+    assert torch.equal(got["fork"][1], got["spawn"][1])
+    assert torch.equal(got["fork"][0], got["spawn"][0])
+
+
+def test_normalize_makes_the_model_input_on_the_consumer_side():
+    from covidnetx.data.loader import normalize, preprocess_torch
+    pp = Preprocess(image_size=4, mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.1))
+    x = torch.tensor([0, 51, 128, 255], dtype=torch.uint8).view(1, 1, 2, 2)
+    y = normalize(x, pp)
+    assert y.dtype == torch.float32 and y.shape == (1, 1, 2, 2)        # gray stays 1 channel
+    assert torch.allclose(y.flatten(), (torch.tensor([0, 51, 128, 255.]) / 255 - 0.5) / 0.25, atol=1e-5)
+    y3 = normalize(x, pp, expand=True)                                   # the RGB model's input, if asked
+    assert y3.shape == (1, 3, 2, 2) and torch.equal(y3[:, 2], y[:, 0])
+    rgb = torch.full((1, 3, 1, 1), 255, dtype=torch.uint8)
+    assert torch.allclose(normalize(rgb, pp).flatten(), torch.tensor([2.0, 3.0, 7.0]), atol=1e-5)
+    img = np.arange(64, dtype=np.uint8).reshape(8, 8, 1) * 3
+    one = preprocess_torch(img, Preprocess(image_size=4, resize_size=4), None)
+    assert one.shape == (3, 4, 4)
 
 
 @pytest.mark.parametrize("kind", ["torch", "dali"])

@@ -41,3 +41,17 @@ def test_model_against_the_measured_np2_point():
     assert predicted == pytest.approx(float(rows[2]["model_eff_no_overlap"]), abs=1e-3)
     measured = float(rows[2]["weak_eff"])
     assert abs(predicted - measured) < 0.10, (predicted, measured)
+
+
+def test_bench_command_runs_the_projection_and_rejects_unknown_names(tmp_path):
+    import csv
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "covidnetx.cli", "bench", "project", "--models", "resnet50",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(tmp_path / "projection-juwels-booster-b256.csv")))
+    assert rows and {x["model"] for x in rows} == {"resnet50"}
+    r = subprocess.run([sys.executable, "-m", "covidnetx.cli", "bench", "nosuch"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "invalid choice" in r.stderr and "scaling" in r.stderr

@@ -1,7 +1,9 @@
 """Against a real local Slurm (munged + slurmctld + slurmd started and stopped here): a tiny sweep
 submitted as a chained set of jobs with a 2-task srun Horovod run inside, and a job that gets USR1,
 checkpoints, requeues itself and finishes."""
+import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -97,3 +99,39 @@ def test_usr1_checkpoints_requeues_and_finishes(slurm, packed, tmp_path):
     assert f"resumed from" in logs
     done = json.loads((study / "runs" / run / "done.json").read_text())
     assert done["steps"] == 400 and done["world_size"] == 2
+
+
+def test_scaling_jobs_run_under_srun_and_gather_into_one_table(slurm, tmp_path):
+    """jobscripts/scaling.sbatch, submitted as it is (GPU request overridden: this cluster has none) at 1
+    and 2 tasks, then `benchmarks/scaling.py --gather` turns the job outputs into the CSV/table/plot."""
+    from tests.conftest import REPO
+    out = tmp_path / "bench"
+    out.mkdir()
+    env = {**slurm.env, "MODEL": "resnet_w4", "BATCH": "8", "SIZE": "32", "PRECISION": "fp32", "ITERS": "4",
+           "WARMUP": "1", "SRUN_ARGS": "--mpi=pmix", "COVIDNETX_PYTHON": sys.executable, "OUT_DIR": str(out)}
+    for n in (1, 2):
+        r = subprocess.run(["sbatch", "--gres=none", f"--ntasks-per-node={n}", "--cpus-per-task=1",
+                            f"--output={out}/job-np{n}-%j.out", "--chdir", str(REPO),
+                            str(REPO / "jobscripts" / "scaling.sbatch")],
+                           capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode == 0, r.stderr
+    slurm.wait_all(timeout=300)
+    logs = "\n".join(p.read_text() for p in sorted(out.glob("job-*.out")))
+    results = sorted(p.name for p in out.glob("scaling-*.json"))
+    assert results == ["scaling-resnet_w4-b8-np1.json", "scaling-resnet_w4-b8-np2.json"], logs[-3000:]
+    assert not list(out.glob("*.tmp"))
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "scaling.py"), "--gather", str(out), "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    stem = out / "bench-scaling-cpu{}-fp32-resnet_w4-np1-2".format(os.cpu_count())
+    rows = list(csv.DictReader(open(f"{stem}.csv")))
+    assert [int(x["np"]) for x in rows] == [1, 2]
+    assert float(rows[0]["weak_eff"]) == 1.0 and 0.05 < float(rows[1]["weak_eff"]) < 1.5
+    assert float(rows[0]["allreduce_s"]) == 0.0 and float(rows[1]["allreduce_s"]) > 0    # measured at np=2
+    assert rows[1]["strong_eff"] == "" and "| 2 |" in Path(f"{stem}.md").read_text()
+    assert Path(f"{stem}.png").stat().st_size > 1000
+    # a job that produced no result is named, not silently averaged in
+    (out / "scaling-resnet_w4-b8-np4.json").write_text("srun: error: task 0 failed\n")
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "scaling.py"), "--gather", str(out), "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "scaling-resnet_w4-b8-np4.json: no RESULT line" in r.stderr

@@ -17,32 +17,32 @@ from tests.train_helpers import loss_falls, pretrain_args, scalars, transfer_arg
 
 def test_pretrain_then_transfer_single_process(packed, tmp_path, capsys):
     out = tmp_path / "runs"
-    assert main(pretrain_args(packed / "nat", out, steps=40, extra=["backend=none"])) == 0
+    assert main(pretrain_args(packed / "nat", out, steps=80, extra=["backend=none"])) == 0
     run = out / "pre"
     first, last = loss_falls(run)
-    assert last < first - 0.1, (first, last)
+    assert last < first - 0.1, (first, last)      # 80 steps: falls by 0.22-0.32 over seeds 0-3; 40 was marginal
     assert {"train/lr", "train/img_per_s", "eval/accuracy", "eval/auc"} <= {
         t for t in ("train/lr", "train/img_per_s", "eval/accuracy", "eval/auc") if scalars(run, t)}
     for f in ("config.yaml", "last.ckpt", "done.json"):
         assert (run / f).is_file()
     ck = torch.load(run / "last.ckpt", weights_only=False)
-    assert ck["step"] == 40 and "resnet_w4" in ck["config"] and len(ck["class_names"]) == 10
+    assert ck["step"] == 80 and "resnet_w4" in ck["config"] and len(ck["class_names"]) == 10
     rows = load_results(out / "results.jsonl")
     assert len(rows) == 1 and all(k in rows[0] for k in REQUIRED_FIELDS)
     r = rows[0]
-    assert r["task"] == "pretrain" and r["world_size"] == 1 and r["steps"] == 40 and r["samples_seen"] == 640
+    assert r["task"] == "pretrain" and r["world_size"] == 1 and r["steps"] == 80 and r["samples_seen"] == 1280
     assert r["n"] == 400 and 0.1 < r["accuracy"] <= 1 and r["ranks_in_sync"] is True
-    assert r["flops"] == 3 * r["flops_per_sample_fwd"] * 640 and r["img_per_s"] > 0
+    assert r["flops"] == 3 * r["flops_per_sample_fwd"] * 1280 and r["img_per_s"] > 0
     assert r["accuracy_ci_lo"] <= r["accuracy"] <= r["accuracy_ci_hi"]
     # a rerun of the finished run does nothing
-    assert main(pretrain_args(packed / "nat", out, steps=40, extra=["backend=none"])) == 0
+    assert main(pretrain_args(packed / "nat", out, steps=80, extra=["backend=none"])) == 0
     assert "already done" in capsys.readouterr().out and len(load_results(out / "results.jsonl")) == 1
     # linear probe from it: only the head trains
     assert main(transfer_args(packed / "cxr", out, run / "last.ckpt", "linear", extra=["backend=none"])) == 0
     row = load_results(out / "results.jsonl")[-1]
     assert row["regime"] == "linear" and row["trainable_params"] == 3 * 32 + 3     # head of resnet_w4: 32 features
     assert row["source"] == "nat" and row["target"] == "cxr"
-    assert row["pretrain_steps"] == 40 and row["n"] == 40
+    assert row["pretrain_steps"] == 80 and row["n"] == 40
 
 
 def test_nonfinite_loss_names_the_step(packed, tmp_path, capsys):

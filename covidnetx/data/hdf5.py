@@ -166,13 +166,14 @@ class PackedDataset:
         self.label_kind = self.index["label_kind"]
         self.class_names = list(self.index["class_names"])
         self._files: dict[int, h5py.File] = {}
+        self._images: dict[int, object] = {}   # shard -> h5py image dataset, or np.memmap of a raw one
         self._pid = None
         self._meta: dict[str, np.ndarray] = {}
 
     # pickling (DALI workers, DataLoader workers): never carry open handles
     def __getstate__(self):
         d = dict(self.__dict__)
-        d["_files"], d["_pid"] = {}, None
+        d["_files"], d["_images"], d["_pid"] = {}, {}, None
         return d
 
     def __len__(self) -> int:
@@ -184,18 +185,33 @@ class PackedDataset:
 
     def _file(self, k: int) -> h5py.File:
         if self._pid != os.getpid():
-            self._files, self._pid = {}, os.getpid()
+            self._files, self._images, self._pid = {}, {}, os.getpid()
         f = self._files.get(k)
         if f is None:
             f = h5py.File(self.root / self.shards[k]["file"], "r")
             self._files[k] = f
         return f
 
+    def _image_data(self, k: int):
+        """Shard k's ``image`` dataset, opened once per process. A raw shard stored contiguously and
+        uncompressed (what the packer writes) is mapped straight from the file instead: reading a sample
+        is then a memory copy rather than an HDF5 call (about 100x faster per sample)."""
+        ds = self._images.get(k) if self._pid == os.getpid() else None
+        if ds is None:
+            ds = self._file(k)["image"]
+            if self.encoding == "raw" and ds.chunks is None and ds.compression is None and ds.size:
+                offset = ds.id.get_offset()
+                if offset is not None:
+                    ds = np.memmap(self.root / self.shards[k]["file"], dtype=ds.dtype, mode="r", offset=offset,
+                                   shape=ds.shape)
+            self._images[k] = ds
+        return ds
+
     def close(self) -> None:
         if self._pid == os.getpid():
             for f in self._files.values():
                 f.close()
-        self._files = {}
+        self._files, self._images = {}, {}
 
     def locate(self, i: int) -> tuple[int, int]:
         if not 0 <= i < len(self):
@@ -243,7 +259,7 @@ class PackedDataset:
     def read_stored(self, i: int) -> np.ndarray:
         """The stored form: encoded bytes as uint8 array (png/jpeg) or the HWC array (raw)."""
         k, j = self.locate(i)
-        return self._file(k)["image"][j]
+        return self._image_data(k)[j]
 
     def read_image(self, i: int) -> np.ndarray:
         return decode_image(self.read_stored(i), self.encoding, self.channels)
@@ -270,7 +286,7 @@ class PackedDataset:
         """Stored samples for ``indices`` (in that order), one HDF5 slice per contiguous run."""
         out: list = [None] * len(indices)
         for k, a, b, positions in self._runs(list(indices)):
-            block = self._file(k)["image"][a:b]
+            block = self._image_data(k)[a:b]
             for q, p in enumerate(positions):
                 out[p] = block[q]
         return out

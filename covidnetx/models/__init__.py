@@ -37,8 +37,15 @@ class TransferModel(nn.Module):
         nn.init.zeros_(self.head.weight)      # BiT: zero-initialised head
         nn.init.zeros_(self.head.bias)
         self.frozen = False
+        from covidnetx.models.layers import GrayConv2d
+        first = next((m for m in backbone.modules() if isinstance(m, nn.Conv2d)), None)
+        self.gray_stem = isinstance(first, GrayConv2d)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features; 1-channel (gray) input goes straight into a gray-capable stem, else it is
+        repeated to 3 channels."""
+        if x.shape[1] == 1 and not self.gray_stem:
+            x = x.expand(-1, 3, -1, -1)
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

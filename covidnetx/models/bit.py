@@ -7,17 +7,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from covidnetx.models import register
+from covidnetx.models.layers import GrayConv2d
 
 
-class StdConv2d(nn.Conv2d):
-    """Convolution with weight standardisation (per output channel: zero mean, unit variance)."""
+class StdConv2d(GrayConv2d):
+    """Convolution with weight standardisation (per output channel: zero mean, unit variance); the root
+    one takes gray input as GrayConv2d does (standardise, then sum over the 3 input channels)."""
 
-    def forward(self, x):
+    def conv_weight(self):
         w = self.weight
         m = w.mean(dim=(1, 2, 3), keepdim=True)
         v = w.var(dim=(1, 2, 3), keepdim=True, unbiased=False)
-        return F.conv2d(x, (w - m) / torch.sqrt(v + 1e-10), self.bias, self.stride, self.padding,
-                        self.dilation, self.groups)
+        return (w - m) / torch.sqrt(v + 1e-10)
 
 
 def _gn(c):

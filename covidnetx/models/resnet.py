@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from covidnetx.models import register
+from covidnetx.models.layers import GrayConv2d
 
 
 class BasicBlock(nn.Module):
@@ -29,7 +30,7 @@ class SmallResNet(nn.Module):
 
     def __init__(self, width: int, depths=(1, 1, 1, 1)):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(GrayConv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         layers, cin = [], width
         for i, d in enumerate(depths):
             cout = width * 2 ** i
@@ -59,6 +60,7 @@ def _tv(name):
         m = getattr(torchvision.models, name)(weights=None)
         dim = m.fc.in_features
         m.fc = nn.Identity()
+        m.conv1 = GrayConv2d.like(m.conv1)
         return m, dim
     return build
 

@@ -8,7 +8,7 @@ import torch
 
 from covidnetx.data.compose import Mixture
 from covidnetx.data.hdf5 import PackedDataset
-from covidnetx.data.loader import Preprocess, preprocess_torch
+from covidnetx.data.loader import Preprocess, normalize, transform_torch
 
 
 def features(model, view, pp: Preprocess, n: int, device, seed: int = 0) -> np.ndarray:
@@ -18,8 +18,8 @@ def features(model, view, pp: Preprocess, n: int, device, seed: int = 0) -> np.n
     out = []
     with torch.no_grad():
         for s in range(0, len(idx), 64):
-            x = torch.stack([preprocess_torch(view.read_image(int(i)), pp, None) for i in idx[s:s + 64]])
-            out.append(model.features(x.to(device)).float().cpu().numpy())
+            x = torch.stack([transform_torch(view.read_image(int(i)), pp, None) for i in idx[s:s + 64]])
+            out.append(model.features(normalize(x, pp, device)).float().cpu().numpy())
     return np.concatenate(out).astype(np.float64)
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from covidnetx import config as C
-from covidnetx.data.loader import Preprocess, make_loader
+from covidnetx.data.loader import Preprocess, make_loader, normalize
 from covidnetx.eval.metrics import all_metrics, bootstrap_ci, confusion, from_confusion
 from covidnetx.models import count_params, create_model, flops_per_sample, load_weights
 from covidnetx.results import append_row
@@ -214,7 +214,7 @@ class Trainer:
         with torch.no_grad():
             for b in loader:
                 with self._autocast():
-                    logits = self.model(b["image"].to(self.device, non_blocking=True))
+                    logits = self.model(normalize(b["image"], self.pp, self.device))
                 p = torch.sigmoid(logits.float()) if self.multilabel else torch.softmax(logits.float(), 1)
                 keep = b["valid"].bool()
                 scores.append(p[keep.to(p.device)].cpu().numpy())
@@ -310,7 +310,7 @@ class Trainer:
                 for micro in range(cfg.optim.accum_steps):
                     t0 = time.perf_counter()
                     b = next(loader)
-                    x = b["image"].to(self.device, non_blocking=True)
+                    x = normalize(b["image"], self.pp, self.device)
                     y = b["label"]
                     t1 = time.perf_counter()
                     with self._autocast():
