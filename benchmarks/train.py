@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import os
 import subprocess
 import sys
@@ -66,7 +67,7 @@ def worker(args) -> None:
         batches = make_loader(args.loader, view, pp, b, 0, rank, size, workers=args.workers, train=True,
                               steps=args.warmup + args.iters, device="gpu" if dev.type == "cuda" else "cpu",
                               torch_device=dev)
-    times, dtimes = [], []
+    times, dtimes, stimes = [], [], []
     for it in range(args.warmup + args.iters):
         t0 = time.perf_counter()
         if batches is not None:
@@ -83,13 +84,15 @@ def worker(args) -> None:
         loss = torch.nn.functional.cross_entropy(out.float(), y)
         opt.zero_grad()
         loss.backward()
-        opt.step()
+        tb = time.perf_counter()
+        opt.step()             # Horovod: waits here for the gradients' allreduce (and for the slower rank)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
         if it >= args.warmup:
             times.append(t2 - t0)
             dtimes.append(t1 - t0)
+            stimes.append(t2 - tb)
     ar_times = []
     if args.worker != "plain" and size > 1:
         # the gradient allreduce alone (one fused fp32 buffer of all parameters), for the performance model
@@ -103,7 +106,7 @@ def worker(args) -> None:
             if i >= 3:
                 ar_times.append(time.perf_counter() - t0)
     if rank == 0:
-        print("RESULT " + json.dumps({"times": times, "data_times": dtimes, "size": size, "batch": b,
+        print("RESULT " + json.dumps({"times": times, "data_times": dtimes, "step_times": stimes, "size": size, "batch": b,
                                       "allreduce_times": ar_times, "model": args.model, "image_size": args.size,
                                       "precision": args.precision, "device": hardware_tag()}))
 
@@ -192,6 +195,14 @@ def main(argv=None) -> int:
           f"{2 * stats['hvd2'][0]:.1f} img/s; with fp16 allreduce {100 * stats['hvd2fp16'][0] / stats['hvd1'][0]:.1f}%")
     print(f"  of which: two processes sharing this machine without communicating reach {100 * bound:.1f}% "
           f"(contention); communication costs the rest ({100 * stats['hvd2'][0] / stats['plain2'][0]:.1f}% of that bound)")
+
+    def ms(runs, key):
+        return 1e3 * statistics.fmean(t for r in runs for t in r[key])
+
+    ar = [t for r in res["hvd2"] for t in r["allreduce_times"]]
+    print(f"  per step (CPU timing): optimizer step incl. the wait for gradients {ms(res['hvd1'], 'step_times'):.0f} ms "
+          f"at np=1, {ms(res['hvd2'], 'step_times'):.0f} ms at np=2; the same gradients' allreduce alone "
+          f"{1e3 * statistics.fmean(ar) if ar else float('nan'):.0f} ms (a wait beyond that is the slower rank)")
     work = Path(args.work)
     for enc, loader in (("raw", "torch"), ("raw", "dali"), ("png", "torch"), ("png", "dali")):
         data = ensure_packed(work, args.images, args.src_size, enc)
