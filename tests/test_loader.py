@@ -82,7 +82,7 @@ def test_dali_workers_started_by_spawn_give_what_fork_gives(packed):
 
 
 def test_normalize_makes_the_model_input_on_the_consumer_side():
-    from covidnetx.data.loader import normalize, preprocess_torch
+    from covidnetx.data.loader import normalize, transform_torch
     pp = Preprocess(image_size=4, mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.1))
     x = torch.tensor([0, 51, 128, 255], dtype=torch.uint8).view(1, 1, 2, 2)
     y = normalize(x, pp)
@@ -93,7 +93,7 @@ def test_normalize_makes_the_model_input_on_the_consumer_side():
     rgb = torch.full((1, 3, 1, 1), 255, dtype=torch.uint8)
     assert torch.allclose(normalize(rgb, pp).flatten(), torch.tensor([2.0, 3.0, 7.0]), atol=1e-5)
     img = np.arange(64, dtype=np.uint8).reshape(8, 8, 1) * 3
-    one = preprocess_torch(img, Preprocess(image_size=4, resize_size=4), None)
+    one = normalize(transform_torch(img, Preprocess(image_size=4, resize_size=4), None)[None], pp, expand=True)[0]
     assert one.shape == (3, 4, 4)
 
 

@@ -226,11 +226,6 @@ def normalize(x: torch.Tensor, pp: Preprocess, device: Optional[torch.device] = 
     return x
 
 
-def preprocess_torch(img: np.ndarray, pp: Preprocess, params: Optional[np.ndarray]) -> torch.Tensor:
-    """One image, transformed and normalised: CHW float (gray repeated to pp.channels)."""
-    return normalize(transform_torch(img, pp, params)[None], pp, expand=True)[0]
-
-
 class _TorchSamples(torch.utils.data.Dataset):
     """Map-style dataset over stream positions (train) or block slots (eval)."""
 
@@ -344,7 +339,7 @@ def dali_start_method() -> str:
     return "spawn" if backend.IsDriverInitialized() else "fork"
 
 
-def _dali_pipeline(source: DaliBatchSource, *, encoded: bool, channels_stored: int, pp: Preprocess, train: bool,
+def _dali_pipeline(source: DaliBatchSource, *, encoded: bool, channels_stored: int, pp: Preprocess,
                    batch: int, workers: int, device: str, device_id, seed: int, threads: int,
                    start_method: str = "fork"):
     from nvidia.dali import fn, pipeline_def, types
@@ -355,7 +350,7 @@ def _dali_pipeline(source: DaliBatchSource, *, encoded: bool, channels_stored: i
                   seed=seed, py_num_workers=max(1, workers), py_start_method=start_method, prefetch_queue_depth=2,
                   exec_dynamic=True)
     def pipe():
-        augment = train and pp.augment
+        augment = source.augment
         n_out = source.num_outputs
         outs = fn.external_source(source=source, num_outputs=n_out, batch=True, parallel=workers > 0,
                                   layout=["HWC" if not encoded else ""] + [""] * (n_out - 1))
@@ -414,7 +409,7 @@ def dali_loader(view, pp: Preprocess, batch: int, seed: int, rank: int, size: in
         src = DaliBatchSource(view, pp, seed, batch, block=block, multilabel=multilabel)
         n_batches = len(block[0]) // batch
     dev_id = torch_device.index if (torch_device is not None and torch_device.type == "cuda") else 0
-    pipe = _dali_pipeline(src, encoded=encoded, channels_stored=parts[0].channels, pp=pp, train=train,
+    pipe = _dali_pipeline(src, encoded=encoded, channels_stored=parts[0].channels, pp=pp,
                           batch=batch, workers=workers, device=device, device_id=dev_id, seed=seed + rank,
                           threads=torch.get_num_threads(), start_method=start_method or dali_start_method())
     pipe.build()
