@@ -9,7 +9,7 @@ setup(
     packages=find_packages(include=["covidnetx", "covidnetx.*", "data_tools", "data_tools.*"]),
     package_data={"covidnetx": ["configs/*.yaml"]},
     install_requires=[
-        "numpy", "h5py>=3.10", "pyyaml", "pillow", "tqdm", "torch", "torchvision",
+        "numpy", "h5py>=3.10", "pyyaml", "pillow", "opencv-python-headless", "tqdm", "torch", "torchvision",
         "mpi4py>=4.0", "tensorboard", "scipy", "scikit-learn", "matplotlib",
     ],
     extras_require={

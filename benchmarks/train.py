@@ -5,9 +5,11 @@
 Prints, each as img/s per process (mean ± 1.96σ over timed iterations after warm-up):
   1. a plain PyTorch loop on synthetic data, and Horovod np=1 on the same (overhead; target <= 2%);
   2. Horovod np=1 vs np=2 under mpirun, synthetic data (weak-scaling efficiency; target >= 90%), also
-     with fp16 compression of the allreduce; beside it two plain loops run at once without any
-     communication, which bounds what np=2 can reach on this machine (shared cores, caches and memory
-     bandwidth) and so splits the loss into contention and communication;
+     with fp16 compression of the allreduce, and again at twice the image size (--big-size: four times
+     the compute per step for the same gradients, so the share of communication shows); beside it two
+     plain loops run at once without any communication, which bounds what np=2 can reach on this
+     machine (shared cores, caches and memory bandwidth) and so splits the loss into contention and
+     communication. Ratios are taken within each repeat (back-to-back runs), then the median;
   3. Horovod np=1 fed from packed HDF5 by the torch loader and by DALI (CPU), with data time and
      compute time split, so an input-pipeline bottleneck shows.
 One thread per process (as Horovod's synthetic benchmark); runs alternate plain/Horovod to cancel drift.
@@ -111,10 +113,10 @@ def worker(args) -> None:
                                       "precision": args.precision, "device": hardware_tag()}))
 
 
-def run_worker(mode, np_, data, loader, args, extra_env=None, fp16_allreduce=False) -> dict:
+def run_worker(mode, np_, data, loader, args, extra_env=None, fp16_allreduce=False, size=None, iters=None) -> dict:
     from covidnetx.launch import mpirun_cmd
-    cmd = [sys.executable, __file__, "--worker", mode, "--model", args.model, "--size", str(args.size),
-           "--batch", str(args.batch), "--iters", str(args.iters), "--warmup", str(args.warmup),
+    cmd = [sys.executable, __file__, "--worker", mode, "--model", args.model, "--size", str(size or args.size),
+           "--batch", str(args.batch), "--iters", str(iters or args.iters), "--warmup", str(args.warmup),
            "--threads", str(args.threads), "--data", data, "--loader", loader, "--precision", args.precision,
            "--workers", str(args.workers), "--channels", str(args.channels)] + (["--fp16-allreduce"] if fp16_allreduce else [])
     if mode != "plain" or np_ > 1:      # plain at np > 1: independent loops started together
@@ -160,6 +162,9 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="bench_out/train")
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("--no-loaders", action="store_true", help="skip the loader comparison at the end")
+    ap.add_argument("--big-size", type=int, default=None,
+                    help="image size of a second np=1 / np=2 pair with more compute per gradient byte "
+                         "(default 2 x --size; 0 skips it)")
     ap.add_argument("--fp16-allreduce", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -167,34 +172,54 @@ def main(argv=None) -> int:
         return 0
     print(f"# train benchmark: {args.model} {args.size}px batch {args.batch}/process, {args.iters} timed iterations "
           f"after {args.warmup} warm-up, {args.threads} thread(s)/process, {args.precision}; {machine_line()}")
-    res = {"plain": [], "hvd1": [], "plain2": [], "hvd2": [], "hvd2fp16": []}
+    big = args.size * 2 if args.big_size is None else args.big_size
+    # a quarter of the iterations at twice the size: about the same time per run
+    big_iters = max(4, args.iters * args.size * args.size // max(1, big * big))
+    res = {"plain": [], "hvd1": [], "plain2": [], "hvd2": [], "hvd2fp16": [], "big1": [], "big2": []}
     for _ in range(args.repeats):          # alternate to cancel drift
         res["plain"].append(run_worker("plain", 1, "synthetic", "torch", args))
         res["hvd1"].append(run_worker("hvd", 1, "synthetic", "torch", args))
         res["plain2"].append(run_worker("plain", 2, "synthetic", "torch", args))
         res["hvd2"].append(run_worker("hvd", 2, "synthetic", "torch", args))
         res["hvd2fp16"].append(run_worker("hvd", 2, "synthetic", "torch", args, fp16_allreduce=True))
+        if big:
+            res["big1"].append(run_worker("hvd", 1, "synthetic", "torch", args, size=big, iters=big_iters))
+            res["big2"].append(run_worker("hvd", 2, "synthetic", "torch", args, size=big, iters=big_iters))
+    res = {k: v for k, v in res.items() if v}
 
     def rate(runs):
         return [r["batch"] / t for r in runs for t in r["times"]]
+
+    def paired(num, den):
+        """Ratio of mean img/s within each repeat (the two ran back to back, so a slow spell of the shared
+        machine hits both): median and range over the repeats."""
+        rs = sorted(statistics.fmean(rate([a])) / statistics.fmean(rate([b])) for a, b in zip(res[num], res[den]))
+        return rs[len(rs) // 2], rs[0], rs[-1]
 
     rows = []
     stats = {k: mean_ci(rate(v)) for k, v in res.items()}
     labels = {"plain": "plain PyTorch loop, np=1", "hvd1": "Horovod np=1",
               "plain2": "2 plain loops at once (per process)", "hvd2": "Horovod np=2 (per process)",
-              "hvd2fp16": "Horovod np=2, fp16 allreduce"}
+              "hvd2fp16": "Horovod np=2, fp16 allreduce",
+              "big1": f"Horovod np=1, {big}px", "big2": f"Horovod np=2, {big}px (per process)"}
     for k, (m, c) in stats.items():
         print(f"{labels[k]:<36} {m:8.1f} ± {c:5.1f} img/s (synthetic)")
-        rows.append({"what": k, "data": "synthetic", "img_per_s_per_proc": round(m, 2), "ci95": round(c, 2),
-                     "data_frac": 0.0})
-    overhead = 1 - stats["hvd1"][0] / stats["plain"][0]
-    eff = stats["hvd2"][0] / stats["hvd1"][0]
-    bound = stats["plain2"][0] / stats["plain"][0]
-    print(f"Horovod np=1 overhead vs plain loop: {100 * overhead:+.1f}% (target <= 2%)")
-    print(f"weak-scaling efficiency np=2 / np=1: {100 * eff:.1f}% (target >= 90%); total np=2 "
-          f"{2 * stats['hvd2'][0]:.1f} img/s; with fp16 allreduce {100 * stats['hvd2fp16'][0] / stats['hvd1'][0]:.1f}%")
-    print(f"  of which: two processes sharing this machine without communicating reach {100 * bound:.1f}% "
-          f"(contention); communication costs the rest ({100 * stats['hvd2'][0] / stats['plain2'][0]:.1f}% of that bound)")
+        rows.append({"what": k, "data": "synthetic", "image_size": big if k.startswith("big") else args.size,
+                     "img_per_s_per_proc": round(m, 2), "ci95": round(c, 2), "data_frac": 0.0})
+
+    def pct(t):
+        return f"{100 * t[0]:.1f}% (repeats {100 * t[1]:.1f}-{100 * t[2]:.1f}%)"
+
+    n = len(res["hvd1"])
+    print(f"ratios below: median over {n} repeat(s) of the ratio within each repeat")
+    print(f"Horovod np=1 overhead vs plain loop: {100 * (1 - paired('hvd1', 'plain')[0]):+.1f}% (target <= 2%)")
+    print(f"weak-scaling efficiency np=2 / np=1, {args.size}px: {pct(paired('hvd2', 'hvd1'))} (target >= 90%); "
+          f"total np=2 {2 * stats['hvd2'][0]:.1f} img/s; with fp16 allreduce {pct(paired('hvd2fp16', 'hvd1'))}")
+    if big:
+        print(f"weak-scaling efficiency np=2 / np=1, {big}px: {pct(paired('big2', 'big1'))} (target >= 90%; "
+              f"{(big / args.size) ** 2:.0f}x the compute per step, the same {args.model} gradients to allreduce)")
+    print(f"  two processes sharing this machine without communicating reach {pct(paired('plain2', 'plain'))} "
+          f"(contention); np=2 reaches {pct(paired('hvd2', 'plain2'))} of that bound (communication)")
 
     def ms(runs, key):
         return 1e3 * statistics.fmean(t for r in runs for t in r[key])
@@ -211,7 +236,7 @@ def main(argv=None) -> int:
         dfrac = sum(sum(r["data_times"]) for r in runs) / sum(sum(r["times"]) for r in runs)
         print(f"Horovod np=1 from HDF5 ({enc}, {loader:<5})   {m:8.1f} ± {c:5.1f} img/s; data time {100 * dfrac:4.1f}% "
               f"of step, compute {100 * (1 - dfrac):4.1f}%  ({100 * m / stats['hvd1'][0]:.0f}% of synthetic)")
-        rows.append({"what": f"hvd1-{loader}", "data": enc, "img_per_s_per_proc": round(m, 2), "ci95": round(c, 2),
+        rows.append({"what": f"hvd1-{loader}", "data": enc, "image_size": args.size, "img_per_s_per_proc": round(m, 2), "ci95": round(c, 2),
                      "data_frac": round(dfrac, 4)})
     path = write_csv(Path(args.out) / f"bench-train-{args.precision}-{hardware_tag()}-{args.model}.csv", rows)
     print(f"wrote {path}")

@@ -97,6 +97,35 @@ def test_normalize_makes_the_model_input_on_the_consumer_side():
     assert one.shape == (3, 4, 4)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_opencv_upscaling_matches_the_torch_reference(monkeypatch, channels):
+    """Crops that grow on both axes go through OpenCV's bilinear kernel (no antialiasing needed), the rest
+    through torch's antialiased one, and rotations through warpAffine; switched off, everything takes
+    torch's kernels: the two agree to a level."""
+    from covidnetx.data import loader
+    cv2 = pytest.importorskip("cv2", reason="opencv-python-headless not installed (make setup installs it)")
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (64, 80, channels), dtype=np.uint8), (5, 5), 1.5)
+    img = img.reshape(64, 80, channels)
+    boxes = [(3, 5, 20, 30, 32, 32), (0, 0, 64, 80, 64, 96), (10, 7, 31, 17, 48, 40), (0, 0, 64, 80, 32, 40)]
+    got = {}
+    for use in (True, False):
+        loader._CV2.clear()
+        monkeypatch.setenv("COVIDNETX_NO_CV2", "0" if use else "1")
+        got[use] = [loader._crop_resize(img, *b) for b in boxes] + [loader._rotate_u8(img, 4.3)]
+        assert (loader._cv2() is not None) == use
+    loader._CV2.clear()
+    for b, a, r in zip(boxes + [(0, 0, 64, 80, 64, 80)], got[True], got[False]):
+        assert a.shape == r.shape == (b[4], b[5], channels) and a.dtype == r.dtype == np.uint8
+        d = np.abs(a.astype(int) - r.astype(int))
+        assert d.max() <= 1 and d.mean() < 0.4, b
+    assert np.array_equal(got[True][3], got[False][3])     # shrinking: the torch kernel in both cases
+    # a mismatched box would be far off: the crop's content differs from the image's other parts
+    wrong = loader._crop_resize(img, 4, 5, 20, 30, 32, 32)
+    assert np.abs(wrong.astype(int) - got[False][0].astype(int)).mean() > 2
+    assert np.abs(loader._rotate_u8(img, -4.3).astype(int) - got[False][4].astype(int)).mean() > 2
+
+
 @pytest.mark.parametrize("kind", ["torch", "dali"])
 def test_eval_sees_every_sample_exactly_once_across_ranks(packed, kind):
     view = Mixture([PackedDataset(packed / "cxr", "test")])

@@ -17,6 +17,7 @@ and a resumed run sees the same augmentations as an uninterrupted one.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
@@ -150,52 +151,100 @@ def _resize_u8(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
                                            antialias=True)[0]
 
 
+_CV2: list = []
+
+
+def _cv2():
+    """OpenCV when installed and not switched off (COVIDNETX_NO_CV2=1), single-threaded (the loader
+    parallelises over samples); else None, and torch's kernels do all the work."""
+    if not _CV2:
+        mod = None
+        if os.environ.get("COVIDNETX_NO_CV2", "") in ("", "0"):
+            try:
+                import cv2 as mod
+                mod.setNumThreads(1)
+            except ImportError:
+                mod = None
+        _CV2.append(mod)
+    return _CV2[0]
+
+
+def _hwc(t: torch.Tensor) -> np.ndarray:
+    return t.permute(1, 2, 0).numpy()
+
+
+def _chw(a: np.ndarray) -> torch.Tensor:
+    """HWC array -> CHW tensor that owns writable memory (never a view of a read-only memory map)."""
+    a = np.ascontiguousarray(a)
+    return torch.from_numpy(a if a.flags.writeable else a.copy()).permute(2, 0, 1)
+
+
+def _crop_resize(img: np.ndarray, y0: int, x0: int, ch: int, cw: int, h: int, w: int) -> np.ndarray:
+    """HWC uint8 region [y0:y0+ch, x0:x0+cw] bilinearly resized to (h, w), antialiased where it shrinks
+    -> HWC uint8.
+
+    Where neither axis shrinks, antialiasing is a no-op and the result is plain bilinear interpolation;
+    OpenCV's fixed-point kernel computes it 6x faster than torch's uint8 path for gray (at most 1 level
+    apart: rounding). Any shrinking axis takes torch's antialiased kernel, the reference."""
+    region = img[y0:y0 + ch, x0:x0 + cw]
+    if (ch, cw) == (h, w):
+        return region
+    cv2 = _cv2() if (ch <= h and cw <= w and img.shape[2] in (1, 3)) else None
+    if cv2 is not None:
+        return cv2.resize(region, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, img.shape[2])
+    return _hwc(_resize_u8(_chw(region), h, w))
+
+
 _BASE_GRID: dict = {}
 
 
-def _rotate_u8(t: torch.Tensor, degrees: float) -> torch.Tensor:
-    """Rotate counter-clockwise about the centre, bilinear, zeros outside, rounded back to uint8."""
-    a = math.radians(degrees)
-    c, s = math.cos(a), math.sin(a)
-    h, w = t.shape[1:]
+def _rotate_u8(a: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotate HWC uint8 counter-clockwise about the centre, bilinear, zeros outside, rounded to uint8.
+
+    Output pixel (x, y), as an offset from the centre ((w-1)/2, (h-1)/2) in pixels, samples the input at
+    R(-angle)(x, y). OpenCV's warpAffine does it in fixed point (3-4x faster than torch's grid_sample on
+    floats, which is the fallback); the two agree to a level."""
+    h, w = a.shape[:2]
+    r = math.radians(degrees)
+    c, s = math.cos(r), math.sin(r)
+    cv2 = _cv2() if a.shape[2] in (1, 3) else None
+    if cv2 is not None:
+        cx, cy = (w - 1) / 2, (h - 1) / 2
+        m = np.array([[c, -s, cx - c * cx + s * cy], [s, c, cy - s * cx - c * cy]])
+        return cv2.warpAffine(np.ascontiguousarray(a), m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0).reshape(h, w, a.shape[2])
     base = _BASE_GRID.get((h, w))
     if base is None:   # pixel-centre coordinates in [-1, 1] (align_corners=False)
         ys = (2 * torch.arange(h, dtype=torch.float32) + 1) / h - 1
         xs = (2 * torch.arange(w, dtype=torch.float32) + 1) / w - 1
         base = _BASE_GRID[(h, w)] = (xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w))
     x, y = base
-    # output pixel (x, y) samples the input at R(-a)(x, y), in pixel units rescaled to [-1, 1]
+    # the same map in grid_sample's [-1, 1] coordinates (pixel units rescaled per axis)
     gx = c * x - s * y * h / w
     gy = s * x * w / h + c * y
     grid = torch.stack([gx, gy], -1)[None]
-    out = torch.nn.functional.grid_sample(t[None].float(), grid, mode="bilinear", padding_mode="zeros",
+    out = torch.nn.functional.grid_sample(_chw(a)[None].float(), grid, mode="bilinear", padding_mode="zeros",
                                           align_corners=False)[0]
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+    return _hwc(out.round_().clamp_(0, 255).to(torch.uint8))
 
 
 def transform_torch(img: np.ndarray, pp: Preprocess, params: Optional[np.ndarray]) -> torch.Tensor:
     """HWC uint8 -> CHW uint8 of pp.image_size, with ``params`` = augment_params(...) or None (evaluation:
-    shorter side to pp.eval_resize, centre crop)."""
+    shorter side to pp.eval_resize, centre crop). Works on HWC arrays until the end."""
     s = pp.image_size
     if params is not None:
         y0, x0, ch, cw, flip, angle = params.tolist()
-        y0, x0, ch, cw = int(y0), int(x0), int(ch), int(cw)
-        t = torch.from_numpy(np.array(img[y0:y0 + ch, x0:x0 + cw], copy=True, order="C")).permute(2, 0, 1)
-        if (ch, cw) != (s, s):
-            t = _resize_u8(t, s, s)
+        a = _crop_resize(img, int(y0), int(x0), int(ch), int(cw), s, s)
         if flip:
-            t = t.flip(-1)
+            a = a[:, ::-1]
         if angle:
-            t = _rotate_u8(t, angle)
+            a = _rotate_u8(a, angle)
     else:
         h, w = img.shape[:2]
-        t = torch.from_numpy(np.array(img, copy=True, order="C")).permute(2, 0, 1)
         rh, rw = resized_shape(h, w, pp.eval_resize)
-        if (rh, rw) != (h, w):
-            t = _resize_u8(t, rh, rw)
         y0, x0 = center_crop_box(rh, rw, s)
-        t = t[:, y0:y0 + s, x0:x0 + s]
-    return t.contiguous()
+        a = _crop_resize(img, 0, 0, h, w, rh, rw)[y0:y0 + s, x0:x0 + s]
+    return _chw(a).contiguous()
 
 
 _NORM: dict = {}
@@ -215,10 +264,17 @@ def normalize(x: torch.Tensor, pp: Preprocess, device: Optional[torch.device] = 
     key = (str(x.device), c, pp.mean, pp.std)
     ms = _NORM.get(key)
     if ms is None:
-        inv = torch.tensor([1.0 / (v * 255.0) for v in pp.std[:c]], device=x.device).view(1, c, 1, 1)
-        shift = torch.tensor([-m / s for m, s in zip(pp.mean[:c], pp.std[:c])], device=x.device).view(1, c, 1, 1)
-        ms = _NORM[key] = (shift, inv)
-    x = torch.addcmul(ms[0], x, ms[1])       # (x - mean) / std as x * (1/std) + (-mean/std), one pass
+        inv = [1.0 / (v * 255.0) for v in pp.std[:c]]
+        shift = [-m / s for m, s in zip(pp.mean[:c], pp.std[:c])]
+        if len(set(inv)) == 1 and len(set(shift)) == 1:      # one scale and shift for all channels: scalars
+            ms = (shift[0], inv[0])
+        else:
+            ms = (torch.tensor(shift, device=x.device).view(1, c, 1, 1),
+                  torch.tensor(inv, device=x.device).view(1, c, 1, 1))
+        _NORM[key] = ms
+    # (x - mean) / std as x * (1/std) + (-mean/std), in place on the float copy: on a CPU this is twice as
+    # fast as one broadcasting addcmul from uint8 (3.8 vs 1.7 ms for 32 x 224^2 gray)
+    x = x.to(torch.float32).mul_(ms[1]).add_(ms[0])
     if expand is None:
         expand = x.device.type == "cuda"
     if expand and c == 1 and pp.channels == 3:
@@ -248,7 +304,7 @@ class _TorchSamples(torch.utils.data.Dataset):
         x = transform_torch(img, self.pp, params)
         if self.channels and x.shape[0] != self.channels:
             x = x.expand(self.channels, -1, -1).contiguous()
-        return x, torch.as_tensor(self.view.labels[i]), valid, i
+        return x, self.view.labels[i], valid, i
 
 
 class _RangeSampler(torch.utils.data.Sampler):
@@ -264,8 +320,16 @@ class _RangeSampler(torch.utils.data.Sampler):
 
 def _collate(batch):
     xs, ys, valid, idx = zip(*batch)
-    return {"image": torch.stack(xs), "label": torch.stack(ys), "valid": torch.tensor(valid, dtype=torch.int32),
-            "index": torch.tensor(idx, dtype=torch.int64)}
+    # default_collate stacks a worker's images straight into shared memory (no copy when it is sent); the
+    # small per-sample fields travel as numpy arrays (pickled inline): as tensors each would take a
+    # shared-memory segment and a file descriptor of its own, which cost more than the images here
+    return {"image": torch.utils.data.default_collate(xs), "label": np.stack(ys),
+            "valid": np.asarray(valid, dtype=np.int32), "index": np.asarray(idx, dtype=np.int64)}
+
+
+def _as_tensors(batches: Iterator[dict]) -> Iterator[dict]:
+    for b in batches:
+        yield {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in b.items()}
 
 
 def torch_loader(view, pp: Preprocess, batch: int, seed: int, rank: int, size: int, workers: int = 0,
@@ -280,11 +344,11 @@ def torch_loader(view, pp: Preprocess, batch: int, seed: int, rank: int, size: i
         block = eval_block(len(view), rank, size, batch)
         ds = _TorchSamples(view, pp, seed, block=block, channels=channels)
         sampler = _RangeSampler(0, len(block[0]))
-    return iter(torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers,
-                                            collate_fn=_collate, persistent_workers=False,
-                                            pin_memory=torch.cuda.is_available(),
-                                            prefetch_factor=4 if workers else None,
-                                            multiprocessing_context="fork" if workers else None))
+    return _as_tensors(iter(torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers,
+                                                        collate_fn=_collate, persistent_workers=False,
+                                                        pin_memory=torch.cuda.is_available(),
+                                                        prefetch_factor=4 if workers else None,
+                                                        multiprocessing_context="fork" if workers else None)))
 
 
 # ---------------------------------------------------------------------------------------------------
