@@ -9,7 +9,9 @@ Prints, each as img/s per process (mean ± 1.96σ over timed iterations after wa
      the compute per step for the same gradients, so the share of communication shows); beside it two
      plain loops run at once without any communication, which bounds what np=2 can reach on this
      machine (shared cores, caches and memory bandwidth) and so splits the loss into contention and
-     communication. Ratios are taken within each repeat (back-to-back runs), then the median;
+     communication. Ratios are taken within each repeat (back-to-back runs), then the median; and once
+     more with np=1 and np=2 phases alternating inside one mpirun -np 2 job (Horovod process set {0}
+     for the np=1 phase while rank 1 sleeps), the ratio taken per block, so drift cannot bias it;
   3. Horovod np=1 fed from packed HDF5 by the torch loader and by DALI (CPU), with data time and
      compute time split, so an input-pipeline bottleneck shows.
 One thread per process (as Horovod's synthetic benchmark); runs alternate plain/Horovod to cancel drift.
@@ -113,12 +115,76 @@ def worker(args) -> None:
                                       "precision": args.precision, "device": hardware_tag()}))
 
 
+def interleaved_worker(args) -> None:
+    """np=1 and np=2 Horovod steps alternating inside one ``mpirun -np 2`` job, so that a slow spell of a
+    shared machine hits both alike. Solo phase: rank 0 steps a model whose DistributedOptimizer reduces
+    over the process set {0} (Horovod at size 1) while rank 1 sleeps in a barrier; pair phase: both ranks
+    step a second model reduced over both. Each block runs both phases (order alternating) and yields one
+    ratio solo/pair of mean step times."""
+    import torch
+    torch.set_num_threads(args.threads)
+    import horovod.torch as hvd
+    from covidnetx.launch import get_comm, quiet_barrier
+    from covidnetx.models import create_model
+    solo = hvd.ProcessSet([0])
+    hvd.init(process_sets=[solo])
+    if hvd.size() != 2:
+        raise SystemExit(f"--worker interleaved runs under mpirun -np 2, not {hvd.size()} rank(s)")
+    comm, rank = get_comm(), hvd.rank()
+    x = torch.randn(args.batch, args.channels, args.size, args.size)
+    y = torch.randint(0, 3, (args.batch,))
+
+    def build(prefix, pset):
+        model = create_model(args.model, 3).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        return model, hvd.DistributedOptimizer(opt, process_set=pset,
+                                               named_parameters=[(prefix + n, p) for n, p in model.named_parameters()])
+    pair = build("pair.", hvd.global_process_set)
+    hvd.broadcast_parameters(pair[0].state_dict(), root_rank=0)
+    alone = build("solo.", solo) if rank == 0 else None
+
+    def steps(mo, n):
+        model, opt = mo
+        t = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            t.append(time.perf_counter() - t0)
+        return t
+
+    def phase(which, n):
+        t = []
+        if which == "pair":
+            t = steps(pair, n)
+        elif rank == 0:
+            t = steps(alone, n)
+        quiet_barrier(comm)          # the idle rank sleeps here during the solo phase
+        return t
+
+    phase("solo", args.warmup)
+    phase("pair", args.warmup)
+    k = max(1, args.iters // args.blocks)
+    blocks = []
+    for b in range(args.blocks):
+        order = ("solo", "pair") if b % 2 == 0 else ("pair", "solo")
+        got = {w: phase(w, k) for w in order}
+        blocks.append({"solo": got["solo"], "pair": got["pair"]})
+    if rank == 0:
+        print("RESULT " + json.dumps({"blocks": blocks, "batch": args.batch, "model": args.model,
+                                      "image_size": args.size, "device": hardware_tag()}), flush=True)
+    # Horovod's background thread must stop before mpi4py finalises MPI at exit (else rank 1 can segfault)
+    hvd.shutdown()
+
+
 def run_worker(mode, np_, data, loader, args, extra_env=None, fp16_allreduce=False, size=None, iters=None) -> dict:
     from covidnetx.launch import mpirun_cmd
     cmd = [sys.executable, __file__, "--worker", mode, "--model", args.model, "--size", str(size or args.size),
            "--batch", str(args.batch), "--iters", str(iters or args.iters), "--warmup", str(args.warmup),
            "--threads", str(args.threads), "--data", data, "--loader", loader, "--precision", args.precision,
-           "--workers", str(args.workers), "--channels", str(args.channels)] + (["--fp16-allreduce"] if fp16_allreduce else [])
+           "--workers", str(args.workers), "--channels", str(args.channels), "--blocks", str(getattr(args, "blocks", 8))] + (["--fp16-allreduce"] if fp16_allreduce else [])
     if mode != "plain" or np_ > 1:      # plain at np > 1: independent loops started together
         cmd = mpirun_cmd(np_) + cmd
     r = subprocess.run(cmd, capture_output=True, text=True,
@@ -165,8 +231,14 @@ def main(argv=None) -> int:
     ap.add_argument("--big-size", type=int, default=None,
                     help="image size of a second np=1 / np=2 pair with more compute per gradient byte "
                          "(default 2 x --size; 0 skips it)")
+    ap.add_argument("--blocks", type=int, default=8, help="interleaved np=1/np=2 measurement: number of blocks")
+    ap.add_argument("--block-steps", type=int, default=4,
+                    help="steps per phase and block at --size (scaled down by the area at --big-size, at least 2)")
     ap.add_argument("--fp16-allreduce", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker == "interleaved":
+        interleaved_worker(args)
+        return 0
     if args.worker:
         worker(args)
         return 0
@@ -194,7 +266,7 @@ def main(argv=None) -> int:
         """Ratio of mean img/s within each repeat (the two ran back to back, so a slow spell of the shared
         machine hits both): median and range over the repeats."""
         rs = sorted(statistics.fmean(rate([a])) / statistics.fmean(rate([b])) for a, b in zip(res[num], res[den]))
-        return rs[len(rs) // 2], rs[0], rs[-1]
+        return statistics.median(rs), rs[0], rs[-1]
 
     rows = []
     stats = {k: mean_ci(rate(v)) for k, v in res.items()}
@@ -220,6 +292,22 @@ def main(argv=None) -> int:
               f"{(big / args.size) ** 2:.0f}x the compute per step, the same {args.model} gradients to allreduce)")
     print(f"  two processes sharing this machine without communicating reach {pct(paired('plain2', 'plain'))} "
           f"(contention); np=2 reaches {pct(paired('hvd2', 'plain2'))} of that bound (communication)")
+    # the same ratio with np=1 and np=2 phases alternating inside one job: drift between launches cancels
+    for sz in (args.size, big):
+        if not sz:
+            continue
+        k = max(2, args.block_steps * args.size * args.size // (sz * sz))
+        r = run_worker("interleaved", 2, "synthetic", "torch", args, size=sz, iters=k * args.blocks)
+        effs = sorted(statistics.fmean(b["solo"]) / statistics.fmean(b["pair"]) for b in r["blocks"])
+        solo_rate = mean_ci([args.batch / t for b in r["blocks"] for t in b["solo"]])
+        pair_rate = mean_ci([args.batch / t for b in r["blocks"] for t in b["pair"]])
+        sep = stats["big1" if sz == big and sz != args.size else "hvd1"][0]
+        print(f"weak-scaling efficiency np=2 / np=1, {sz}px, interleaved in one mpirun -np 2 job ({len(effs)} blocks "
+              f"of {k} steps per phase): {pct((statistics.median(effs), effs[0], effs[-1])).replace('repeats', 'blocks')} "
+              f"(target >= 90%); its np=1 phase {solo_rate[0]:.1f} img/s vs {sep:.1f} in the separate np=1 runs")
+        for what, (m, c) in (("solo-interleaved", solo_rate), ("pair-interleaved", pair_rate)):
+            rows.append({"what": what, "data": "synthetic", "image_size": sz, "img_per_s_per_proc": round(m, 2),
+                         "ci95": round(c, 2), "data_frac": 0.0})
 
     def ms(runs, key):
         return 1e3 * statistics.fmean(t for r in runs for t in r[key])
