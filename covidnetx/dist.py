@@ -67,6 +67,17 @@ def _pick_device(local_rank: int, want: str) -> torch.device:
     return torch.device("cuda", local_rank % n)
 
 
+def _check_gloo_env(env) -> None:
+    """Horovod's Gloo controller and Gloo CPU operations need the rendezvous that ``horovodrun --gloo``
+    starts; asked for under mpirun or srun, Horovod hangs (controller) or segfaults in its first allreduce
+    (operations), so refuse with a message instead."""
+    asked = [k for k in ("HOROVOD_CONTROLLER", "HOROVOD_CPU_OPERATIONS") if env.get(k, "").strip().lower() == "gloo"]
+    if asked and not env.get("HOROVOD_GLOO_RENDEZVOUS_ADDR"):
+        raise UserError(f"{' and '.join(k + '=gloo' for k in asked)} but no Gloo rendezvous "
+                        f"(HOROVOD_GLOO_RENDEZVOUS_ADDR unset): Gloo needs horovodrun --gloo; under mpirun or srun "
+                        f"unset {' and '.join(asked)} (or set them to mpi)")
+
+
 class HorovodDist(Dist):
     backend = "horovod"
 
@@ -77,6 +88,7 @@ class HorovodDist(Dist):
             raise UserError(f"backend 'horovod' needs horovod built against torch ({e}); run make setup "
                             f"or use backend=torch/none") from None
         self.hvd = hvd
+        _check_gloo_env(os.environ)
         hvd.init()                                                   # Horovod: initialize
         world = World(hvd.rank(), hvd.size(), hvd.local_rank())
         super().__init__(world, _pick_device(hvd.local_rank(), want_device))  # Horovod: pin device by local rank

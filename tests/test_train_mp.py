@@ -84,3 +84,20 @@ def test_torch_distributed_backend_under_mpirun(packed, tmp_path):
     row = load_results(tmp_path / "results.jsonl")[0]
     _check_row(row)
     assert row["backend"] == "torch"
+
+
+@pytest.mark.parametrize("var", ["HOROVOD_CPU_OPERATIONS", "HOROVOD_CONTROLLER"])
+def test_gloo_asked_for_under_mpirun_is_one_clear_error(packed, tmp_path, var):
+    """Without horovodrun's rendezvous, Horovod segfaults (Gloo operations) or hangs (Gloo controller);
+    the toolkit refuses before initialising it: exit 2 on every rank, the variable named, no run written."""
+    need_mpirun()
+    out = tmp_path / "runs"
+    env = {**os.environ, var: "gloo"}
+    env.pop("HOROVOD_GLOO_RENDEZVOUS_ADDR", None)
+    r = subprocess.run(mpirun_cmd(2) + [sys.executable, "-m", "covidnetx.cli",
+                                        *map(str, pretrain_args(packed / "nat", out, steps=2, extra=["backend=horovod"]))],
+                       capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stderr.count(f"{var}=gloo but no Gloo rendezvous") == 2
+    assert "Segmentation fault" not in r.stderr
+    assert not (out / "pre").exists()
