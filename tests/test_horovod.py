@@ -54,3 +54,16 @@ def test_collectives_under_horovodrun_gloo(tmp_path):
                         str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     _check(tmp_path, "gloo")
+
+
+def test_gloo_check_accepts_horovodrun_and_refuses_gloo_without_rendezvous():
+    from covidnetx.dist import _check_gloo_env
+    from covidnetx.utils import UserError
+    _check_gloo_env({})                                                                     # mpirun / srun
+    _check_gloo_env({"HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo",
+                     "HOROVOD_GLOO_RENDEZVOUS_ADDR": "10.0.0.1"})                           # horovodrun --gloo
+    _check_gloo_env({"HOROVOD_CPU_OPERATIONS": "mpi"})
+    with pytest.raises(UserError, match="^HOROVOD_CPU_OPERATIONS=gloo but no Gloo rendezvous"):
+        _check_gloo_env({"HOROVOD_CPU_OPERATIONS": "GLOO"})
+    with pytest.raises(UserError, match="^HOROVOD_CONTROLLER=gloo and HOROVOD_CPU_OPERATIONS=gloo but"):
+        _check_gloo_env({"HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo"})
