@@ -99,12 +99,14 @@ def worker(args) -> None:
             stimes.append(t2 - tb)
     ar_times = []
     if args.worker != "plain" and size > 1:
-        # the gradient allreduce alone (one fused fp32 buffer of all parameters), for the performance model
+        # the gradient allreduce alone (one fused fp32 buffer of all parameters), for the performance model;
+        # in place and averaged, as DistributedOptimizer reduces gradients (an out-of-place allreduce would
+        # time a fresh output buffer's page faults too: 20-30 ms for ResNet-18's 45 MB on this machine)
         import horovod.torch as hvd
         flat = torch.zeros(sum(p.numel() for p in model.parameters()), device=dev)
         for i in range(13):
             t0 = time.perf_counter()
-            hvd.allreduce(flat, name="bench.gradients")
+            hvd.allreduce_(flat, name="bench.gradients", op=hvd.Average)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             if i >= 3:
@@ -189,7 +191,9 @@ def run_worker(mode, np_, data, loader, args, extra_env=None, fp16_allreduce=Fal
     cmd = [sys.executable, __file__, "--worker", mode, "--model", args.model, "--size", str(size or args.size),
            "--batch", str(args.batch), "--iters", str(iters or args.iters), "--warmup", str(args.warmup),
            "--threads", str(args.threads), "--data", data, "--loader", loader, "--precision", args.precision,
-           "--workers", str(args.workers), "--channels", str(args.channels), "--blocks", str(args.blocks)] + (["--fp16-allreduce"] if fp16_allreduce else [])
+           "--workers", str(args.workers), "--channels", str(args.channels)] + (["--fp16-allreduce"] if fp16_allreduce else [])
+    if mode == "interleaved":
+        cmd += ["--blocks", str(args.blocks)]
     if mode != "plain" or np_ > 1:      # plain at np > 1: independent loops started together
         cmd = mpirun_cmd(np_) + cmd
     r = subprocess.run(cmd, capture_output=True, text=True,

@@ -55,3 +55,31 @@ def test_bench_command_runs_the_projection_and_rejects_unknown_names(tmp_path):
     r = subprocess.run([sys.executable, "-m", "covidnetx.cli", "bench", "nosuch"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "invalid choice" in r.stderr and "scaling" in r.stderr
+
+
+def test_local_scaling_run_writes_its_table_csv_and_plot(tmp_path):
+    """benchmarks/scaling.py at np=1 and np=2 under mpirun (tiny model and images): one CSV row per count
+    with the efficiencies consistent with the step times, the np=2 allreduce measured, the plot written."""
+    import csv
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    if shutil.which("mpirun") is None:
+        pytest.skip("mpirun not installed (make setup installs Open MPI)")
+    pytest.importorskip("horovod.torch", reason="horovod not installed (make setup builds it)")
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(repo / "benchmarks" / "scaling.py"), "--counts", "1,2", "--model", "resnet_w4",
+                        "--size", "32", "--batch", "4", "--iters", "3", "--warmup", "1", "--repeats", "1",
+                        "--out", str(tmp_path)], capture_output=True, text=True, cwd=repo, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    [path] = tmp_path.glob("bench-scaling-*-fp32-resnet_w4-np1-2.csv")
+    rows = list(csv.DictReader(path.open()))
+    assert [int(x["np"]) for x in rows] == [1, 2]
+    one, two = rows
+    assert float(one["weak_eff"]) == 1.0 and float(one["allreduce_s"]) == 0.0
+    assert float(two["weak_eff"]) == pytest.approx(float(one["weak_step_s"]) / float(two["weak_step_s"]), rel=1e-3)
+    assert float(two["allreduce_s"]) > 0
+    assert float(two["model_eff_no_overlap"]) == pytest.approx(
+        efficiency(float(one["weak_step_s"]), float(two["allreduce_s"]), overlap=0.0), abs=1e-3)
+    assert path.with_suffix(".png").stat().st_size > 1000 and "| 2 |" in path.with_suffix(".md").read_text()
