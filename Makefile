@@ -23,8 +23,15 @@ test: setup
 demo: setup
 	$(VENV)/bin/covidnetx demo --out demo_out
 
+# every CPU benchmark with its default small sizes, each printing its table (about 20 minutes on 2 cores);
+# on a GPU node: $(PY) benchmarks/gpu_check.py
 bench: setup
 	$(PY) benchmarks/pack.py
+	$(PY) benchmarks/loader.py
+	$(PY) benchmarks/train.py --no-loaders
+	$$($(PY) -c "from covidnetx.launch import mpirun_cmd; print(' '.join(mpirun_cmd(2)))") $(PY) benchmarks/allreduce.py
+	$(PY) benchmarks/scaling.py
+	$(PY) benchmarks/project.py
 
 clean:
 	rm -rf demo_out bench_out .pytest_cache
