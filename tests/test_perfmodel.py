@@ -1,3 +1,9 @@
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from covidnetx.perfmodel import Machine, efficiency, hierarchical_allreduce_time, project, ring_allreduce_time
@@ -31,8 +37,6 @@ def test_model_against_the_measured_np2_point():
     """benchmarks/scaling.py measured here (2 cores): np=1 step time, np=2 step time and the np=2
     allreduce of ResNet-18's fused gradients. The model, fed the measured compute time and allreduce
     time, must give the efficiency recorded beside them and land within 10 points of the measured one."""
-    import csv
-    from pathlib import Path
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "bench-scaling-cpu2-fp32-resnet18-np1-2.csv"
     rows = {int(r["np"]): r for r in csv.DictReader(path.open())}
     t_c = float(rows[1]["weak_step_s"])
@@ -44,9 +48,6 @@ def test_model_against_the_measured_np2_point():
 
 
 def test_bench_command_runs_the_projection_and_rejects_unknown_names(tmp_path):
-    import csv
-    import subprocess
-    import sys
     r = subprocess.run([sys.executable, "-m", "covidnetx.cli", "bench", "project", "--models", "resnet50",
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -60,11 +61,6 @@ def test_bench_command_runs_the_projection_and_rejects_unknown_names(tmp_path):
 def test_local_scaling_run_writes_its_table_csv_and_plot(tmp_path):
     """benchmarks/scaling.py at np=1 and np=2 under mpirun (tiny model and images): one CSV row per count
     with the efficiencies consistent with the step times, the np=2 allreduce measured, the plot written."""
-    import csv
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
     if shutil.which("mpirun") is None:
         pytest.skip("mpirun not installed (make setup installs Open MPI)")
     pytest.importorskip("horovod.torch", reason="horovod not installed (make setup builds it)")
