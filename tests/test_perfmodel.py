@@ -1,12 +1,11 @@
 import csv
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from covidnetx.perfmodel import Machine, efficiency, hierarchical_allreduce_time, project, ring_allreduce_time
+from tests.conftest import REPO, need_mpirun
 
 
 def test_ring_formula_on_known_inputs():
@@ -37,7 +36,7 @@ def test_model_against_the_measured_np2_point():
     """benchmarks/scaling.py measured here (2 cores): np=1 step time, np=2 step time and the np=2
     allreduce of ResNet-18's fused gradients. The model, fed the measured compute time and allreduce
     time, must give the efficiency recorded beside them and land within 10 points of the measured one."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "bench-scaling-cpu2-fp32-resnet18-np1-2.csv"
+    path = REPO / "benchmarks" / "results" / "bench-scaling-cpu2-fp32-resnet18-np1-2.csv"
     rows = {int(r["np"]): r for r in csv.DictReader(path.open())}
     t_c = float(rows[1]["weak_step_s"])
     t_ar = float(rows[2]["allreduce_s"])
@@ -61,13 +60,11 @@ def test_bench_command_runs_the_projection_and_rejects_unknown_names(tmp_path):
 def test_local_scaling_run_writes_its_table_csv_and_plot(tmp_path):
     """benchmarks/scaling.py at np=1 and np=2 under mpirun (tiny model and images): one CSV row per count
     with the efficiencies consistent with the step times, the np=2 allreduce measured, the plot written."""
-    if shutil.which("mpirun") is None:
-        pytest.skip("mpirun not installed (make setup installs Open MPI)")
+    need_mpirun()
     pytest.importorskip("horovod.torch", reason="horovod not installed (make setup builds it)")
-    repo = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, str(repo / "benchmarks" / "scaling.py"), "--counts", "1,2", "--model", "resnet_w4",
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "scaling.py"), "--counts", "1,2", "--model", "resnet_w4",
                         "--size", "32", "--batch", "4", "--iters", "3", "--warmup", "1", "--repeats", "1",
-                        "--out", str(tmp_path)], capture_output=True, text=True, cwd=repo, timeout=600)
+                        "--out", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     [path] = tmp_path.glob("bench-scaling-*-fp32-resnet_w4-np1-2.csv")
     rows = list(csv.DictReader(path.open()))
