@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -31,6 +31,13 @@ class Dist:
     # -- collectives on numpy arrays (small: metrics, flags) --
     def allreduce_sum(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x)
+
+    def allreduce_sum_async(self, x: np.ndarray) -> Callable[[], np.ndarray]:
+        """Start a sum over ranks and return a function that waits for it and gives the result, so that a
+        small agreement (the stop flag) overlaps a training step instead of adding a blocking collective
+        to it. One at a time: finish the previous one before starting the next."""
+        v = np.asarray(x)
+        return lambda: v
 
     def allgather(self, x: np.ndarray) -> np.ndarray:
         """Concatenate along axis 0 in rank order (first dims may differ)."""
@@ -99,6 +106,12 @@ class HorovodDist(Dist):
         t = torch.as_tensor(np.asarray(x, dtype=np.float64))
         return self.hvd.allreduce(t, op=self.hvd.Sum, name="covidnetx.allreduce_sum").numpy()
 
+    def allreduce_sum_async(self, x):
+        t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        # a fixed name keeps Horovod's response cache hit; the engine keeps one of these in flight at a time
+        h = self.hvd.allreduce_async(t, op=self.hvd.Sum, name="covidnetx.allreduce_sum_async")
+        return lambda: self.hvd.synchronize(h).numpy()
+
     def allgather(self, x):
         t = torch.as_tensor(np.ascontiguousarray(x))
         return self.hvd.allgather(t, name="covidnetx.allgather").numpy()
@@ -110,17 +123,27 @@ class HorovodDist(Dist):
         self.hvd.allreduce(torch.zeros(1), name="covidnetx.barrier")
 
     def broadcast_state(self, model, optimizer):
-        # Horovod: broadcast parameters & optimizer state from rank 0
-        self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        if optimizer is not None:
+        # Horovod: broadcast optimizer state & parameters from rank 0. The optimizer state only when rank 0
+        # has one (a resumed run): on an empty state broadcast_optimizer_state first takes a zero-gradient
+        # step to create it, which with weight decay moves the weights (and they would then differ from a
+        # single-process run). Parameters last, so they are rank 0's whatever happened before.
+        if optimizer is not None and self.hvd.broadcast_object(bool(optimizer.state_dict()["state"]), root_rank=0,
+                                                               name="covidnetx.has_optimizer_state"):
             self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
 
     def wrap_optimizer(self, optimizer, model, accum_steps, fp16_allreduce):
         # Horovod: wrap the optimizer (allreduce of gradients, optional fp16 compression, accumulation)
         compression = self.hvd.Compression.fp16 if fp16_allreduce else self.hvd.Compression.none
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        return self.hvd.DistributedOptimizer(optimizer, named_parameters=params, compression=compression,
-                                             backward_passes_per_step=accum_steps, op=self.hvd.Average)
+        state = optimizer.state_dict()
+        wrapped = self.hvd.DistributedOptimizer(optimizer, named_parameters=params, compression=compression,
+                                                backward_passes_per_step=accum_steps, op=self.hvd.Average)
+        # the wrapper is a new optimizer built from the param groups alone: carry a resumed state over
+        # (momentum buffers, Adam moments), or a resumed run would restart them from zero
+        if state["state"]:
+            wrapped.load_state_dict(state)
+        return wrapped
 
     def shutdown(self):
         self.hvd.shutdown()
@@ -150,6 +173,15 @@ class TorchDist(Dist):
         t = self._t(np.asarray(x, dtype=np.float64))
         self.td.all_reduce(t)
         return t.cpu().numpy()
+
+    def allreduce_sum_async(self, x):
+        t = self._t(np.asarray(x, dtype=np.float64))
+        work = self.td.all_reduce(t, async_op=True)
+
+        def finish():
+            work.wait()
+            return t.cpu().numpy()
+        return finish
 
     def allgather(self, x):
         objs = [None] * self.size

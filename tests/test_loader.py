@@ -6,7 +6,7 @@ import torch
 from covidnetx.data.compose import Mixture
 from covidnetx.data.hdf5 import PackedDataset
 from covidnetx.data.loader import Preprocess, TrainStream, eval_block, make_loader
-from tests.conftest import run_cli
+from tests.conftest import run_cli, write_png
 
 pytest.importorskip("nvidia.dali", reason="nvidia-dali not installed (make setup installs it)")
 
@@ -153,3 +153,24 @@ def test_train_stream_shards_each_epoch_without_repeats():
     assert TrainStream(n, 1, size, 5)[40] == streams[1][40]       # a pure function of the position
     idx, valid = eval_block(10, 2, 3, 4)
     assert idx[valid.astype(bool)].tolist() == [8, 9] and len(idx) == 4
+
+
+@pytest.mark.parametrize("kind", ["torch", "dali"])
+def test_ranks_draw_different_augmentations(tmp_path, kind):
+    """All images identical: what tells two augmented samples apart is their crop, flip and angle. Rank 0
+    and rank 1 of 2 must not draw the same ones at the same stream position (they did: the draw was keyed
+    by the rank's own position, so a global batch held each augmentation once per rank)."""
+    img = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
+    for c in ("a", "b"):
+        for i in range(8):
+            write_png(tmp_path / "raw" / c / f"{i}.png", img)
+    run_cli("pack", "imagefolder", tmp_path / "raw", tmp_path / "p", "--splits", "1,0,0", "--encoding", "raw",
+            "--no-progress")
+    view = Mixture([PackedDataset(tmp_path / "p", "train")])
+    pp = Preprocess(image_size=32, rotate_deg=10.0)
+    r0, r1 = (_collect(kind, view, pp, rank=r, size=2, train=True, steps=2, batch=4)["image"] for r in (0, 1))
+    same = [torch.equal(a, b) for a, b in zip(r0, r1)]
+    assert not any(same), same
+    # one rank alone keeps its old stream: slot = position
+    assert [TrainStream(16, 0, 1, 0).slot(p) for p in range(3)] == [0, 1, 2]
+    assert [TrainStream(16, 1, 2, 0).slot(p) for p in range(3)] == [1, 3, 5]

@@ -1,5 +1,6 @@
 """Single-process training (backend none): artifacts, errors, resume equality."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -69,7 +70,8 @@ def test_transfer_config_errors(packed, tmp_path, capsys, extra, message):
 
 
 def test_resume_after_sigusr1_gives_identical_weights(packed, tmp_path):
-    args = pretrain_args(packed / "nat", tmp_path, steps=60, extra=["backend=none", "data.eval_split="])
+    # with MixUp, whose draws are keyed by step: the resumed run mixes as the uninterrupted one did
+    args = pretrain_args(packed / "nat", tmp_path, steps=60, extra=["backend=none", "data.eval_split=", "optim.mixup=0.2"])
     cmd = [sys.executable, "-m", "covidnetx.cli", *args]
     ref = tmp_path / "ref"
     subprocess.run([*cmd, f"out_dir={ref}"], check=True, cwd=REPO, capture_output=True)
@@ -94,6 +96,56 @@ def test_resume_after_sigusr1_gives_identical_weights(packed, tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
+def test_signal_between_runs_exits_75_before_the_next_run_and_resume_finishes(packed, tmp_path, monkeypatch, capsys):
+    """A sweep stage runs several configs in one invocation. Slurm's warning may come while no run is
+    training (start-up, evaluation, between runs): the handlers are held for the whole invocation, so the
+    process is not killed by the signal; it exits 75 before the next run, and the rerun skips what is done."""
+    from covidnetx import config as C
+    from covidnetx.train import tasks
+    out = tmp_path / "runs"
+    cfgs = [C.load_config(None, ["task=pretrain", *pretrain_args(packed / "nat", out, steps=3, name=n,
+                                                                   extra=["backend=none", "data.eval_split="])[1:]])
+            for n in ("a", "b")]
+    real_run_one = tasks.run_one
+    finished = []
+
+    def run_one_then_signal(cfg, meta, subset, dist):
+        r = real_run_one(cfg, meta, subset, dist)
+        finished.append(cfg.run_name)
+        os.kill(os.getpid(), signal.SIGUSR1)       # lands after run a is done, before run b starts
+        return r
+    monkeypatch.setattr(tasks, "run_one", run_one_then_signal)
+    assert tasks.run_configs(cfgs, "runs") == 75
+    assert finished == ["a"] and (out / "a" / "done.json").is_file() and not (out / "b").exists()
+    assert "interrupted before run b started, exit 75" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL     # handlers restored after the invocation
+    monkeypatch.setattr(tasks, "run_one", real_run_one)
+    assert tasks.run_configs(cfgs, "runs") == 0
+    assert "[a] already done; skipping" in capsys.readouterr().out
+    assert json.loads((out / "b" / "done.json").read_text())["steps"] == 3
+
+
+def test_mixup_mixes_pairs_reproducibly_and_changes_training(packed, tmp_path):
+    from covidnetx.train.engine import mixup_batch
+    x = torch.randn(8, 1, 4, 4)
+    m, perm, lam = mixup_batch(x, 0.2, [0, 5, 0, 1])
+    assert 0.0 <= lam <= 1.0 and sorted(perm.tolist()) == list(range(8))
+    assert torch.allclose(m, lam * x + (1 - lam) * x[perm])
+    m2, perm2, lam2 = mixup_batch(x, 0.2, [0, 5, 0, 1])
+    assert lam2 == lam and torch.equal(perm2, perm) and torch.equal(m2, m)        # keyed, not global state
+    lams = {mixup_batch(x, 0.2, [0, 5, 0, r])[2] for r in range(4)}
+    assert len(lams) == 4                                                          # ranks draw differently
+    out = tmp_path / "runs"
+    for name, alpha in (("plain", 0.0), ("mix", 0.4), ("mix2", 0.4)):
+        assert main(pretrain_args(packed / "nat", out, steps=4, name=name,
+                                  extra=["backend=none", "data.eval_split=", f"optim.mixup={alpha}"])) == 0
+    w = {n: torch.load(out / n / "last.ckpt", weights_only=False)["model"] for n in ("plain", "mix", "mix2")}
+    k = "backbone.stem.0.weight"
+    assert not torch.equal(w["plain"][k], w["mix"][k]) and torch.equal(w["mix"][k], w["mix2"][k])
+    rows = {r["run_id"]: r for r in load_results(out / "results.jsonl")}
+    assert rows["mix"]["mixup"] == 0.4 and rows["plain"]["mixup"] == 0.0
+
+
 def test_multilabel_pretrain_masks_uncertain_labels(tmp_path):
     """CheXpert-layout source (U-ignore: -1 and blank are NaN): masked BCE trains, metrics skip NaN."""
     from tests import raw_layouts as L
@@ -103,7 +155,7 @@ def test_multilabel_pretrain_masks_uncertain_labels(tmp_path):
     out = tmp_path / "runs"
     code = main(["pretrain", f"data.sources=[{tmp_path / 'cx'}]", f"out_dir={out}", "run_name=ml", "backend=none",
                  "model.name=resnet_w4", "optim.steps=3", "optim.batch_size=2", "data.eval_split=train",
-                 "bootstrap=5", "threads=1", "data.image_size=32"])
+                 "bootstrap=5", "threads=1", "data.image_size=32", "optim.mixup=0.3"])   # soft multi-label targets
     assert code == 0
     row = load_results(out / "results.jsonl")[0]
     assert row["n"] == 4 and row["task"] == "pretrain"

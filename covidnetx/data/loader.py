@@ -11,8 +11,10 @@ Sharding
     to whole batches with masked entries (valid = 0), so every sample is evaluated exactly once.
 
 Augmentation parameters (random-resized-crop box, flip, small rotation) are drawn from a generator
-seeded by (seed, stream position), in Python, and applied by either loader: both paths augment alike
-and a resumed run sees the same augmentations as an uninterrupted one.
+seeded by (seed, global slot), in Python, and applied by either loader: both paths augment alike and a
+resumed run sees the same augmentations as an uninterrupted one. The global slot of rank r's position p
+is ``p * size + r`` (= p on one rank), so no two ranks draw the same augmentations: a global batch of
+B per rank on N ranks holds N x B different crops, flips and angles, not B patterns repeated N times.
 """
 from __future__ import annotations
 
@@ -125,6 +127,10 @@ class TrainStream:
     def __getitem__(self, position: int) -> int:
         e, j = divmod(position, self.per_rank)
         return int(self.epoch_indices(e)[j])
+
+    def slot(self, position: int) -> int:
+        """Global slot of this rank's stream position: unique across ranks (keys the augmentation)."""
+        return position * self.size + self.rank
 
 
 def eval_block(n: int, rank: int, size: int, batch: int) -> tuple:
@@ -299,7 +305,7 @@ class _TorchSamples(torch.utils.data.Dataset):
         else:
             i, valid = int(self.block[0][pos]), int(self.block[1][pos])
         img = self.view.read_image(i)
-        params = augment_params(self.seed, pos, img.shape[0], img.shape[1], self.pp) \
+        params = augment_params(self.seed, self.stream.slot(pos), img.shape[0], img.shape[1], self.pp) \
             if (self.stream is not None and self.pp.augment) else None
         x = transform_torch(img, self.pp, params)
         if self.channels and x.shape[0] != self.channels:
@@ -390,7 +396,8 @@ class DaliBatchSource:
         out = (images, labels, valid, idx)
         if not self.augment:
             return out
-        params = np.stack([augment_params(self.seed, p, *(int(v) for v in self.view.stored_shape(int(i))[:2]), self.pp)
+        params = np.stack([augment_params(self.seed, self.stream.slot(p),
+                                          *(int(v) for v in self.view.stored_shape(int(i))[:2]), self.pp)
                            for p, i in zip(positions, idx)])
         out = out + (params[:, 0:2].copy(), params[:, 2:4].copy(), params[:, 4:5].astype(bool))
         return out + (params[:, 5:6].copy(),) if self.pp.rotate_deg > 0 else out

@@ -2,13 +2,14 @@
 
 Horovod's steps, in order (each marked ``# Horovod:``): init and device pinning happen in ``dist.init``;
 data is sharded by global rank (covidnetx.data.loader); the LR is scaled by the global batch with a
-linear warmup; parameters and optimizer state are broadcast from rank 0; the optimizer is wrapped in
-DistributedOptimizer. Only rank 0 writes (TensorBoard, checkpoints, results); all ranks meet after
+linear warmup; parameters and optimizer state (a resumed one; loaded before) are broadcast from rank 0;
+the optimizer is wrapped in DistributedOptimizer, which keeps that state. Only rank 0 writes (TensorBoard, checkpoints, results); all ranks meet after
 checkpoints and evaluations.
 
 Resume order: this run's own directory (last.ckpt) -> an explicit ``resume`` checkpoint -> ``init_from``
-(weights only, head dropped) -> scratch. On SIGUSR1/SIGTERM every rank agrees at the next step, rank 0
-saves, and the process exits with EXIT_REQUEUE so the job script can requeue.
+(weights only, head dropped) -> scratch. On SIGUSR1/SIGTERM (see StopSignals) the ranks agree one step
+later through a sum of stop flags that overlaps the step, rank 0 saves, and the process exits with
+EXIT_REQUEUE so the job script can requeue.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from covidnetx.eval.metrics import all_metrics, bootstrap_ci, confusion, from_co
 from covidnetx.models import count_params, create_model, flops_per_sample, load_weights
 from covidnetx.results import append_row
 from covidnetx.train.schedule import bit_hyperrule, lr_at
-from covidnetx.utils import UserError
+from covidnetx.utils import UserError, atomic_write_bytes
 
 EXIT_REQUEUE = 75           # EX_TEMPFAIL: "saved, run me again"
 CKPT = "last.ckpt"
@@ -39,7 +40,39 @@ DONE = "done.json"
 
 
 class Interrupted(Exception):
-    """Raised after the checkpoint of a signalled run is safely on disk."""
+    """Raised after the checkpoint of a signalled run is safely on disk (args: step, or None when the
+    signal came between runs and nothing needed saving)."""
+
+
+class StopSignals:
+    """SIGUSR1 and SIGTERM (Slurm's warning before the time limit, scancel, a requeue) set a flag instead
+    of killing the process; training acts on it at the next step, the run loop between runs. Installed
+    for a whole launcher invocation (``with STOP:``; re-entrant), so a signal during start-up, evaluation
+    or between the runs of a sweep stage still ends in a checkpoint and exit EXIT_REQUEUE."""
+
+    def __init__(self):
+        self.requested = False
+        self._depth = 0
+        self._old: dict = {}
+
+    def _handler(self, signum, frame):
+        self.requested = True
+
+    def __enter__(self):
+        if self._depth == 0:
+            self.requested = False
+            self._old = {s: signal.signal(s, self._handler) for s in (signal.SIGUSR1, signal.SIGTERM)}
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        self._depth -= 1
+        if self._depth == 0:
+            for s, h in self._old.items():
+                signal.signal(s, h)
+
+
+STOP = StopSignals()
 
 
 def git_sha() -> str:
@@ -51,14 +84,9 @@ def git_sha() -> str:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".tmp.{os.getpid()}.{path.name}")
     buf = io.BytesIO()
     torch.save(obj, buf)
-    with open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def masked_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -66,6 +94,17 @@ def masked_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if not known.any():
         return logits.sum() * 0.0
     return nn.functional.binary_cross_entropy_with_logits(logits[known], target[known].float())
+
+
+def mixup_batch(x: torch.Tensor, alpha: float, key: list) -> tuple:
+    """MixUp (Zhang et al.; BiT-HyperRule uses alpha 0.1 from 20k examples on): x' = lam x + (1 - lam)
+    x[perm], lam ~ Beta(alpha, alpha). Drawn from a generator keyed by ``key`` (seed, step, micro-batch,
+    rank), so a resumed run mixes exactly as an uninterrupted one and ranks mix differently. Returns
+    (mixed x, perm as a tensor on x's device, lam)."""
+    rng = np.random.default_rng([int(k) for k in key] + [0x6D6978])
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.as_tensor(rng.permutation(x.shape[0]), device=x.device)
+    return x.mul(lam).add_(x[perm], alpha=1.0 - lam), perm, lam
 
 
 class Trainer:
@@ -94,7 +133,6 @@ class Trainer:
         self.pp = Preprocess(image_size=cfg.data.image_size, resize_size=cfg.data.resize_size,
                              augment=cfg.data.augment, crop_scale=cfg.data.crop_scale,
                              rotate_deg=cfg.data.rotate_deg, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
-        self.stop_requested = False
 
     # ------------------------------------------------------------------------------------------------
     def _build(self):
@@ -134,7 +172,7 @@ class Trainer:
             opt.load_state_dict(state["optimizer"])
         # Horovod: broadcast parameters and optimizer state from rank 0
         dist.broadcast_state(model, opt)
-        # Horovod: wrap the optimizer (named_parameters, compression, backward_passes_per_step)
+        # Horovod: wrap the optimizer (named_parameters, compression, backward_passes_per_step; keeps the state)
         opt = dist.wrap_optimizer(opt, model, o.accum_steps, cfg.fp16_allreduce)
         self.scaler = None
         if cfg.precision == "fp16":
@@ -174,13 +212,17 @@ class Trainer:
             return masked_bce(logits.float(), y.to(logits.device))
         return nn.functional.cross_entropy(logits.float(), y.to(logits.device))
 
-    # ------------------------------------------------------------------------------------------------
-    def _on_signal(self, signum, frame):
-        self.stop_requested = True
+    def _mixed_loss(self, logits, y, perm, lam):
+        if self.loss_name == "bce":           # soft multi-label targets; unknown (NaN) in either stays unknown
+            return self._loss(logits, lam * y.float() + (1.0 - lam) * y.float()[perm])
+        return lam * self._loss(logits, y) + (1.0 - lam) * self._loss(logits, y[perm])
 
-    def _agree_stop(self) -> bool:
-        flag = np.array([1.0 if self.stop_requested else 0.0])
-        return bool(self.dist.allreduce_sum(flag)[0] > 0)
+    # ------------------------------------------------------------------------------------------------
+    def _stop_flag(self):
+        """Start summing this rank's stop request over ranks; the sum is read one step later, so the
+        agreement costs no blocking collective per step (every rank reads the same sum and stops at the
+        same step, one step after the signal)."""
+        return self.dist.allreduce_sum_async(np.array([1.0 if STOP.requested else 0.0]))
 
     def save(self, step: int, samples_seen: int) -> None:
         if self.dist.is_primary:
@@ -256,7 +298,7 @@ class Trainer:
             "source_domain": self.meta.get("source_domain"), "target_domain": cfg.target_domain or None,
             "domain_pair": self.meta.get("domain_pair"),
             "alignment": self.meta.get("alignment"), "img_per_s": img_per_s, "precision": cfg.precision,
-            "loader": cfg.data.loader, "backend": self.dist.backend, "eval_split": cfg.data.eval_split,
+            "mixup": self.mixup, "loader": cfg.data.loader, "backend": self.dist.backend, "eval_split": cfg.data.eval_split,
             "git_sha": git_sha(), "config_hash": C.config_hash(cfg), "final": final, "time": time.time(),
         }
         for k in ("accuracy", "balanced_accuracy", "auc", "ap"):
@@ -266,10 +308,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------
     def fit(self) -> dict:
+        with STOP:                 # a no-op inside run_configs, which holds the handlers for all its runs
+            return self._fit()
+
+    def _fit(self) -> dict:
         cfg, dist = self.cfg, self.dist
         if dist.is_primary:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(C.dump(cfg))
+            atomic_write_bytes(self.run_dir / "config.yaml", C.dump(cfg).encode())
         dist.barrier()
         self._build()
         writer = None
@@ -277,9 +323,9 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
             writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.start_step or None)
             print(f"[{self.run_dir.name}] {self.how}; {len(self.train_view)} train samples, {self.steps} steps, "
-                  f"global batch {self.global_batch}, lr {self.base_lr:.4g}, {dist.size} rank(s), "
+                  f"global batch {self.global_batch}, lr {self.base_lr:.4g}"
+                  f"{f', mixup {self.mixup:g}' if self.mixup > 0 else ''}, {dist.size} rank(s), "
                   f"{count_params(self.model)} params", flush=True)
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGUSR1, signal.SIGTERM)}
         results = cfg.results or str(Path(cfg.out_dir) / "results.jsonl")
         metrics: dict = {}
         try:
@@ -296,12 +342,14 @@ class Trainer:
             t_last = time.perf_counter()
             # throughput excludes the first steps (lazy init, autotuning) when the run is long enough
             warm_until = step + min(5, (self.steps - step) // 4)
+            stop_sum = None            # the ranks' stop flags, summed while the previous step ran
             while step < self.steps:
                 if step == warm_until:
                     t_last, n_timed = time.perf_counter(), 0
-                if self._agree_stop():
+                if stop_sum is not None and stop_sum()[0] > 0:
                     self.save(step, samples)
                     raise Interrupted(step)
+                stop_sum = self._stop_flag()
                 lr = lr_at(step, base=self.base_lr, steps=self.steps, warmup=self.warmup,
                            schedule=cfg.optim.schedule, decay_at=self.decay_at)
                 for g in self.opt.param_groups:
@@ -312,10 +360,15 @@ class Trainer:
                     b = next(loader)
                     x = normalize(b["image"], self.pp, self.device)
                     y = b["label"]
+                    if self.mixup > 0:
+                        x, perm, lam = mixup_batch(x, self.mixup, [cfg.seed, step, micro, dist.rank])
                     t1 = time.perf_counter()
                     with self._autocast():
                         logits = self.model(x)
-                    loss = self._loss(logits, y)
+                    if self.mixup > 0:
+                        loss = self._mixed_loss(logits, y, perm.cpu(), lam)
+                    else:
+                        loss = self._loss(logits, y)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"non-finite loss ({loss.item()}) at step {step}, rank {dist.rank}")
                     scaled = loss / cfg.optim.accum_steps
@@ -340,6 +393,8 @@ class Trainer:
                     m = self.evaluate(step)
                     if dist.is_primary:
                         self._log_eval(writer, m, step, results, samples, 0.0, final=False)
+            if stop_sum is not None:
+                stop_sum()             # a signal during the last step: the run is complete anyway
             elapsed = time.perf_counter() - t_last
             img_per_s = n_timed * self.global_batch / max(1e-9, elapsed) if n_timed else 0.0
             self.save(step, samples)
@@ -354,8 +409,6 @@ class Trainer:
                     if isinstance(metrics.get(k), float)) + f"; {img_per_s:.1f} img/s", flush=True)
             dist.barrier()
         finally:
-            for s, h in old.items():
-                signal.signal(s, h)
             if writer is not None:
                 writer.close()
         return metrics

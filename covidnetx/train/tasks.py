@@ -140,30 +140,36 @@ def run_configs(cfgs: list, label: str) -> int:
     """Run configs one after another in this launcher invocation (the distributed backend is started
     once; few-shot configs expand to shots x seeds runs). Finished runs are skipped."""
     from covidnetx import dist as D
-    from covidnetx.train.engine import EXIT_REQUEUE, Interrupted
+    from covidnetx.train.engine import EXIT_REQUEUE, STOP, Interrupted
     _threads(cfgs[0])
     dist = None
-    try:
-        dist = D.init(cfgs[0].backend, "cuda" if cfgs[0].data.device == "gpu" else "auto")
-        for cfg in cfgs:
-            for sub, meta, subset in plan_runs(cfg):
-                run_one(sub, meta, subset, dist)
-        return 0
-    except UserError as e:
-        if dist is None or dist.is_primary:
+    with STOP:                 # from here on SIGUSR1/SIGTERM end in exit EXIT_REQUEUE, never in a killed step
+        try:
+            dist = D.init(cfgs[0].backend, "cuda" if cfgs[0].data.device == "gpu" else "auto")
+            for cfg in cfgs:
+                for sub, meta, subset in plan_runs(cfg):
+                    # between runs: every rank agrees (the signal may have reached only some of them)
+                    if dist.allreduce_sum([1.0 if STOP.requested else 0.0])[0] > 0:
+                        raise Interrupted(None, sub.run_name)
+                    run_one(sub, meta, subset, dist)
+            return 0
+        except UserError as e:
+            if dist is None or dist.is_primary:
+                print(f"covidnetx {label}: error: {e}", file=sys.stderr)
+            return 2
+        except FloatingPointError as e:
             print(f"covidnetx {label}: error: {e}", file=sys.stderr)
-        return 2
-    except FloatingPointError as e:
-        print(f"covidnetx {label}: error: {e}", file=sys.stderr)
-        return EXIT_NONFINITE
-    except Interrupted as e:
-        if dist.is_primary:
-            print(f"covidnetx {label}: interrupted at step {e.args[0]}; checkpoint saved, exit {EXIT_REQUEUE} "
-                  f"(requeue to continue)", file=sys.stderr, flush=True)
-        return EXIT_REQUEUE
-    finally:
-        if dist is not None:
-            dist.shutdown()
+            return EXIT_NONFINITE
+        except Interrupted as e:
+            if dist.is_primary:
+                where = (f"before run {e.args[1]} started" if e.args[0] is None
+                         else f"at step {e.args[0]}; checkpoint saved")
+                print(f"covidnetx {label}: interrupted {where}, exit {EXIT_REQUEUE} (requeue to continue)",
+                      file=sys.stderr, flush=True)
+            return EXIT_REQUEUE
+        finally:
+            if dist is not None:
+                dist.shutdown()
 
 
 def main_pretrain(argv=None) -> int:
