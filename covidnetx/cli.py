@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "generate": ("data_tools.generate", "write the built-in synthetic multi-domain raw datasets"),
     "pretrain": ("covidnetx.train.pretrain", "pre-train a model on a packed source (Horovod / torch.distributed / single)"),
     "transfer": ("covidnetx.train.transfer", "transfer to a packed target: full fine-tune, linear probe or few-shot"),
+    "evaluate": ("covidnetx.train.evaluate", "evaluate a saved checkpoint on a packed split (exact under any launcher)"),
     "runs": ("covidnetx.train.runs", "run several resolved configs in one launcher invocation (a sweep stage)"),
     "sweep": ("covidnetx.sweep", "expand a sweep file into runs; execute locally or as a chain of Slurm jobs"),
     "fit": ("covidnetx.scaling.fitcmd", "fit scaling laws (saturating power law, bootstrap CIs) to a results table"),

@@ -56,6 +56,11 @@ class Dist:
     def wrap_optimizer(self, optimizer, model, accum_steps: int, fp16_allreduce: bool):
         return optimizer
 
+    def broadcast_buffers(self, model: torch.nn.Module) -> None:
+        """Give every rank rank 0's buffers (BatchNorm running statistics, which each rank otherwise keeps
+        from its own batches): before an evaluation, so all ranks evaluate the model that rank 0 saves
+        (as DistributedDataParallel does before every forward)."""
+
     def sync_grads(self, model: torch.nn.Module) -> None:
         """Average gradients across ranks where the optimizer does not (torch backend)."""
 
@@ -132,6 +137,11 @@ class HorovodDist(Dist):
             self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
         self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
 
+    def broadcast_buffers(self, model):
+        buffers = [(f"buffer.{n}", b) for n, b in model.named_buffers()]
+        if buffers:
+            self.hvd.broadcast_parameters(buffers, root_rank=0)
+
     def wrap_optimizer(self, optimizer, model, accum_steps, fp16_allreduce):
         # Horovod: wrap the optimizer (allreduce of gradients, optional fp16 compression, accumulation)
         compression = self.hvd.Compression.fp16 if fp16_allreduce else self.hvd.Compression.none
@@ -202,6 +212,10 @@ class TorchDist(Dist):
         if optimizer is not None:
             state = self.broadcast_object(optimizer.state_dict() if self.rank == 0 else None)
             optimizer.load_state_dict(state)
+
+    def broadcast_buffers(self, model):
+        for b in model.buffers():
+            self.td.broadcast(b, src=0)
 
     def sync_grads(self, model):
         grads = [p.grad for p in model.parameters() if p.grad is not None]

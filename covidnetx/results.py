@@ -21,15 +21,16 @@ REQUIRED_FIELDS = (
 )
 
 
-def _clean(v):
+def json_safe(v):
+    """NaN and infinities become null (strict JSON), numpy and torch scalars plain numbers."""
     if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
         return None
     if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
+        return {k: json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
+        return [json_safe(x) for x in v]
     if hasattr(v, "item"):
-        return _clean(v.item())
+        return json_safe(v.item())
     return v
 
 
@@ -39,7 +40,7 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
         raise ValueError(f"result row lacks fields {missing}")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(_clean(row), sort_keys=True, allow_nan=False) + "\n").encode()
+    line = (json.dumps(json_safe(row), sort_keys=True, allow_nan=False) + "\n").encode()
     with open(p.with_name(p.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

@@ -69,6 +69,34 @@ def test_transfer_config_errors(packed, tmp_path, capsys, extra, message):
     assert message in err and err.count("error:") == 1
 
 
+def test_evaluate_command_and_its_errors(packed, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(pretrain_args(packed / "nat", out, steps=2, extra=["backend=none"])) == 0
+    row = load_results(out / "results.jsonl")[0]
+    ck = out / "pre" / "last.ckpt"
+    capsys.readouterr()
+    assert main(["evaluate", str(ck), "backend=none", "--out", str(tmp_path / "m.json")]) == 0
+    printed = json.loads(capsys.readouterr().out.splitlines()[0])
+    written = json.loads((tmp_path / "m.json").read_text())
+    assert printed == written and written["n"] == row["n"] == 400 and written["step"] == 2
+    assert written["accuracy"] == row["accuracy"] and written["split"] == "val"
+    assert main(["evaluate", str(ck), "backend=none", "data.eval_split=test"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["n"] == 1000
+    (tmp_path / "junk.ckpt").write_text("not a checkpoint")
+    for argv, message in [
+        ([str(tmp_path / "none.ckpt")], "none.ckpt' not found"),
+        ([str(tmp_path / "junk.ckpt")], "junk.ckpt' is not readable"),
+        ([str(ck), "data.eval_split="], "'data.eval_split' is empty"),
+        ([str(ck), f"data.sources=[{packed / 'cxr'}]", "data.eval_split=test"], "differ from the checkpoint's"),
+        ([str(ck), "data.eval_split=nope"], "no split 'nope'"),
+        ([str(ck), "optim.nonsense=1"], "nonsense"),
+    ]:
+        assert main(["evaluate", *argv, "backend=none"]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("error:") == 1, err
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []     # atomic --out
+
+
 def test_resume_after_sigusr1_gives_identical_weights(packed, tmp_path):
     # with MixUp, whose draws are keyed by step: the resumed run mixes as the uninterrupted one did
     args = pretrain_args(packed / "nat", tmp_path, steps=60, extra=["backend=none", "data.eval_split=", "optim.mixup=0.2"])

@@ -1,6 +1,7 @@
 """Training under real launchers with 2 processes, on the real data in ../shared/data: pre-train on
 natural-small, transfer to cxr-small in all three regimes (mpirun + Horovod/MPI), a DALI-fed run under
 horovodrun --gloo, and the torch.distributed backend under mpirun."""
+import json
 import os
 import signal
 import subprocess
@@ -48,6 +49,13 @@ def test_pretrain_and_three_transfer_regimes_under_mpirun(packed, tmp_path):
     _check_row(rows[0])
     assert rows[0]["n"] == 400 and rows[0]["backend"] == "horovod"
     init = pre / "last.ckpt"
+    # the row's metrics are those of the saved model: one process evaluating the checkpoint agrees (each
+    # rank used to evaluate with its own BatchNorm statistics, while the checkpoint holds rank 0's)
+    ev = json.loads(run_cli("evaluate", init, "backend=none", "threads=1").stdout.splitlines()[0])
+    assert ev["n"] == 400 and ev["split"] == "val"
+    for k in ("accuracy", "balanced_accuracy", "sensitivity/cat", "ppv/truck"):
+        assert ev[k] == rows[0][k], k
+    assert abs(ev["auc"] - rows[0]["auc"]) < 1e-6 and abs(ev["ap"] - rows[0]["ap"]) < 1e-6
     _mpirun(transfer_args(packed / "cxr", out, init, "full", steps=12, extra=["run_name=full"]))
     _mpirun(transfer_args(packed / "cxr", out, init, "linear", steps=12, extra=["run_name=lin"]))
     _mpirun(transfer_args(packed / "cxr", out, init, "fewshot", steps=6,

@@ -96,6 +96,53 @@ def masked_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return nn.functional.binary_cross_entropy_with_logits(logits[known], target[known].float())
 
 
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def evaluate_model(model: nn.Module, view, cfg: C.Config, dist, pp: Preprocess) -> dict:
+    """Exact evaluation of ``model`` on ``view`` under any number of ranks: rank 0's buffers everywhere
+    (BatchNorm statistics), each rank a padded block, confusion counts over un-padded samples summed over
+    ranks, scores gathered for AUC/AP and bootstrap CIs on rank 0; the metrics dict on every rank."""
+    device = dist.device
+    multilabel = view.label_kind == "multilabel"
+    class_names = list(view.class_names)
+    k = len(class_names)
+    dist.broadcast_buffers(model)
+    model.eval()
+    loader = make_loader(cfg.data.loader, view, pp, cfg.optim.batch_size, cfg.seed, dist.rank, dist.size,
+                         workers=cfg.data.workers, train=False, device=cfg.data.device, torch_device=device)
+    scores, labels = [], []
+    with torch.no_grad():
+        for b in loader:
+            with autocast(cfg.precision, device):
+                logits = model(normalize(b["image"], pp, device))
+            p = torch.sigmoid(logits.float()) if multilabel else torch.softmax(logits.float(), 1)
+            keep = b["valid"].bool()
+            scores.append(p[keep.to(p.device)].cpu().numpy())
+            labels.append(b["label"][keep].numpy())
+    scores = np.concatenate(scores) if scores else np.zeros((0, k), np.float32)
+    labels = np.concatenate(labels) if labels else np.zeros((0,) if not multilabel else (0, k))
+    out = {}
+    if not multilabel:
+        # exact: confusion counts over un-padded samples, summed over ranks
+        cm = dist.allreduce_sum(confusion(labels, scores.argmax(1) if len(scores) else np.zeros(0), k))
+        out.update(from_confusion(cm.astype(np.int64), class_names))
+    all_scores = dist.allgather(scores.astype(np.float32))
+    all_labels = dist.allgather(labels.astype(np.float32 if multilabel else np.int64))
+    if dist.is_primary:
+        m = all_metrics(all_labels, all_scores, class_names, multilabel)
+        m.update(out)          # the exact, all-reduced counts win (they must agree)
+        m.update(bootstrap_ci(all_labels, all_scores, class_names, multilabel, cfg.bootstrap, cfg.seed))
+        out = m
+    out = dist.broadcast_object(out)
+    if out.get("n") != len(view):
+        raise RuntimeError(f"evaluation counted {out.get('n')} samples, the split has {len(view)}")
+    return out
+
+
 def mixup_batch(x: torch.Tensor, alpha: float, key: list) -> tuple:
     """MixUp (Zhang et al.; BiT-HyperRule uses alpha 0.1 from 20k examples on): x' = lam x + (1 - lam)
     x[perm], lam ~ Beta(alpha, alpha). Drawn from a generator keyed by ``key`` (seed, step, micro-batch,
@@ -202,10 +249,7 @@ class Trainer:
         return Trainer._ALIGN_CACHE[key]
 
     def _autocast(self):
-        if self.cfg.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast(self.cfg.precision, self.device)
 
     def _loss(self, logits, y):
         if self.loss_name == "bce":
@@ -246,39 +290,8 @@ class Trainer:
     def evaluate(self, step: int) -> dict:
         if self.eval_view is None:
             return {}
-        cfg, dist = self.cfg, self.dist
-        self.model.eval()
-        loader = make_loader(cfg.data.loader, self.eval_view, self.pp, cfg.optim.batch_size, cfg.seed, dist.rank,
-                             dist.size, workers=cfg.data.workers, train=False, device=cfg.data.device,
-                             torch_device=self.device)
-        k = len(self.class_names)
-        scores, labels = [], []
-        with torch.no_grad():
-            for b in loader:
-                with self._autocast():
-                    logits = self.model(normalize(b["image"], self.pp, self.device))
-                p = torch.sigmoid(logits.float()) if self.multilabel else torch.softmax(logits.float(), 1)
-                keep = b["valid"].bool()
-                scores.append(p[keep.to(p.device)].cpu().numpy())
-                labels.append(b["label"][keep].numpy())
+        out = evaluate_model(self.model, self.eval_view, self.cfg, self.dist, self.pp)
         self.model.train()
-        scores = np.concatenate(scores) if scores else np.zeros((0, k), np.float32)
-        labels = np.concatenate(labels) if labels else np.zeros((0,) if not self.multilabel else (0, k))
-        out = {}
-        if not self.multilabel:
-            # exact: confusion counts over un-padded samples, summed over ranks
-            cm = dist.allreduce_sum(confusion(labels, scores.argmax(1) if len(scores) else np.zeros(0), k))
-            out.update(from_confusion(cm.astype(np.int64), self.class_names))
-        all_scores = dist.allgather(scores.astype(np.float32))
-        all_labels = dist.allgather(labels.astype(np.float32 if self.multilabel else np.int64))
-        if dist.is_primary:
-            m = all_metrics(all_labels, all_scores, self.class_names, self.multilabel)
-            m.update(out)          # the exact, all-reduced counts win (they must agree)
-            m.update(bootstrap_ci(all_labels, all_scores, self.class_names, self.multilabel, cfg.bootstrap, cfg.seed))
-            out = m
-        out = dist.broadcast_object(out)
-        if out.get("n") != len(self.eval_view):
-            raise RuntimeError(f"evaluation counted {out.get('n')} samples, the split has {len(self.eval_view)}")
         return out
 
     def result_row(self, metrics: dict, step: int, samples_seen: int, img_per_s: float, final: bool) -> dict:
@@ -414,9 +427,10 @@ class Trainer:
         return metrics
 
     def ranks_in_sync(self) -> bool:
-        """True when every rank holds bit-identical parameters (compares per-rank checksums)."""
+        """True when every rank holds bit-identical parameters and buffers (compares per-rank checksums)."""
         with torch.no_grad():
-            flat = torch.cat([p.detach().double().reshape(-1).cpu() for p in self.model.parameters()])
+            flat = torch.cat([p.detach().double().reshape(-1).cpu()
+                              for p in [*self.model.parameters(), *self.model.buffers()]])
             w = torch.arange(1, flat.numel() + 1, dtype=torch.float64).remainder_(97).add_(1)
             sums = np.array([[flat.sum().item(), (flat * flat).sum().item(), (flat * w).sum().item()]])
         allv = self.dist.allgather(sums)

@@ -1,0 +1,99 @@
+"""`covidnetx evaluate CKPT [key=value ...]`: evaluate a saved checkpoint on a packed split.
+
+The checkpoint's own resolved config is the base; overrides change what is evaluated, e.g.
+``data.sources=[packed/other-hospital] data.eval_split=test``. The evaluation is the training engine's
+(exact under any launcher and rank count), so a run's final row and this command agree on its data.
+Prints one JSON object of metrics; ``--out FILE`` also writes it (atomically).
+
+Exit codes: 0 done, 2 bad checkpoint, config or data (one message naming it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from covidnetx import config as C
+from covidnetx.utils import UserError, atomic_write_json, run_main
+
+SUMMARY = ("n", "accuracy", "balanced_accuracy", "auc", "ap")
+
+
+def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="covidnetx evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("checkpoint", help="a covidnetx checkpoint (e.g. runs/NAME/last.ckpt)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the checkpoint's config, e.g. "
+                                                "data.sources=[packed/cxr] data.eval_split=test backend=horovod")
+    p.add_argument("--out", default=None, help="also write the metrics to this JSON file")
+    return p
+
+
+def _load_checkpoint(path: str) -> dict:
+    import torch
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path!r} not found")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UserError(f"checkpoint {path!r} is not readable ({type(e).__name__}: {e})") from None
+    missing = [k for k in ("model", "config", "class_names") if not isinstance(ck, dict) or k not in ck]
+    if missing:
+        raise UserError(f"checkpoint {path!r} is not a covidnetx checkpoint (lacks {', '.join(missing)})")
+    return ck
+
+
+def run(args) -> int:
+    import yaml
+    from covidnetx import dist as D
+    from covidnetx.data.compose import Mixture
+    from covidnetx.data.hdf5 import PackedDataset
+    from covidnetx.data.loader import Preprocess
+    from covidnetx.models import create_model
+    from covidnetx.results import json_safe
+    from covidnetx.train.engine import evaluate_model
+    from covidnetx.train.tasks import _check_sources, _threads
+
+    ck = _load_checkpoint(args.checkpoint)
+    cfg = C.load_config(overrides=list(args.overrides), base=yaml.safe_load(ck["config"]))
+    if not cfg.data.eval_split:
+        raise UserError("config key 'data.eval_split' is empty: name the split to evaluate (e.g. data.eval_split=test)")
+    _check_sources(cfg)
+    view = Mixture([PackedDataset(s, cfg.data.eval_split) for s in cfg.data.sources], cfg.data.label_space,
+                   1.0, 0, cfg.data.rename)
+    if list(view.class_names) != list(ck["class_names"]):
+        raise UserError(f"the data's classes {list(view.class_names)} differ from the checkpoint's "
+                        f"{list(ck['class_names'])} (config keys data.label_space / data.rename map them)")
+    _threads(cfg)
+    dist = D.init(cfg.backend, "cuda" if cfg.data.device == "gpu" else "auto")
+    try:
+        model = create_model(cfg.model.name, len(ck["class_names"]))
+        model.load_state_dict(ck["model"])
+        model.to(dist.device)
+        pp = Preprocess(image_size=cfg.data.image_size, resize_size=cfg.data.resize_size,
+                        mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
+        metrics = evaluate_model(model, view, cfg, dist, pp)
+        if dist.is_primary:
+            out = {"checkpoint": str(Path(args.checkpoint).resolve()), "step": ck.get("step"),
+                   "model": cfg.model.name, "sources": list(cfg.data.sources), "split": cfg.data.eval_split,
+                   "world_size": dist.size, **metrics}
+            out = json_safe(out)          # undefined metrics (a class never predicted: PPV) are null
+            if args.out:
+                atomic_write_json(args.out, out)
+            print(json.dumps(out, sort_keys=True, allow_nan=False))
+            print("covidnetx evaluate: " + ", ".join(f"{k} {metrics[k]:.4f}" if isinstance(metrics.get(k), float)
+                                                     else f"{k} {metrics.get(k)}" for k in SUMMARY),
+                  file=sys.stderr)
+    finally:
+        dist.shutdown()
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main("covidnetx evaluate", build_parser, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
