@@ -85,7 +85,7 @@ class Config:
     source_domain: str = ""        # e.g. natural | xray | mixed: intra- vs inter-domain grouping
     target_domain: str = ""
     alignment_samples: int = 256   # samples per side for the source-target alignment measure (0 = off)
-    threads: int = 0               # torch CPU threads per rank (0 = cores / local ranks)
+    threads: int = 0               # torch CPU threads per rank (0 = its launcher-bound CPUs, else cores / local ranks)
     bootstrap: int = 200           # bootstrap resamples for metric CIs
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

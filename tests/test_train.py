@@ -192,3 +192,23 @@ def test_multilabel_pretrain_masks_uncertain_labels(tmp_path):
     assert row["auc"] is None or 0.0 <= row["auc"] <= 1.0
     assert main(["pretrain", f"data.sources=[{tmp_path / 'cx'}]", f"out_dir={out}", "run_name=ml2", "backend=none",
                  "loss=ce", "optim.steps=1"]) == 2
+
+
+def test_default_threads_follow_the_launchers_binding(monkeypatch):
+    """threads=0: a bound rank (srun --cpus-per-task=8 on a 128-core node) uses its 8 CPUs; an unbound
+    one (mpirun --bind-to none) splits the machine among the ranks of its node."""
+    from covidnetx.train.tasks import default_threads
+    monkeypatch.setattr("os.cpu_count", lambda: 128)
+    for v in ("OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE",
+              "SLURM_NTASKS", "HOROVOD_SIZE", "WORLD_SIZE"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8, 16)))
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")
+    assert default_threads() == 8
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(128)))
+    assert default_threads() == 32
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE")
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "2")
+    assert default_threads() == 64
+    monkeypatch.delenv("OMPI_COMM_WORLD_LOCAL_SIZE")
+    assert default_threads() == 128                                # one process alone

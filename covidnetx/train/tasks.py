@@ -114,14 +114,23 @@ def run_one(cfg: C.Config, meta: dict, subset, dist) -> dict:
     return Trainer(cfg, dist, train, ev, run_dir, meta).fit()
 
 
-def _threads(cfg: C.Config) -> None:
+def default_threads() -> int:
+    """Intra-op threads per process when the config leaves ``threads`` at 0: the CPUs this process may
+    run on. When a launcher bound it (srun --cpus-per-task, mpirun --bind-to ...), its affinity set is
+    its share already; when unbound (the whole machine), the machine is split among the ranks on this
+    node. os.cpu_count() alone would give every rank of a 4-GPU node all 128 cores of the node."""
     from covidnetx.launch import world_from_env
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    else:
-        local = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "0") or 0)
-                    or world_from_env().size)
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+    env = os.environ
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if allowed < (os.cpu_count() or allowed):
+        return max(1, allowed)
+    local = int(env.get("OMPI_COMM_WORLD_LOCAL_SIZE", env.get("SLURM_NTASKS_PER_NODE", "0") or 0)
+                or world_from_env().size)
+    return max(1, allowed // max(1, local))
+
+
+def _threads(cfg: C.Config) -> None:
+    torch.set_num_threads(cfg.threads or default_threads())
 
 
 def run(args) -> int:
