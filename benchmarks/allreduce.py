@@ -73,6 +73,41 @@ def main(argv=None) -> int:
                   f"alg {algbw / 1e9:7.3f} GB/s   bus {busbw / 1e9:7.3f} GB/s")
             rows.append({"backend": args.backend, "model": label, "bytes": nbytes, "np": n, "mean_s": m, "ci95_s": c, "algbw_GBps": algbw / 1e9,
                          "busbw_GBps": busbw / 1e9})
+    # the training engine's per-step stop-flag agreement. A step here = ~20 ms of compute + a small
+    # blocking allreduce standing for the gradient one (which keeps the ranks in step, as in training).
+    # Variant "blocking": the flag summed before each step (as it was); "overlapped": its sum started with
+    # the step and read at the next one (as it is). Blocks of the two alternate, so drift hits both alike.
+    import numpy as np
+    a = torch.randn(256, 256)
+    grad = np.zeros(1024)
+
+    def step():
+        for _ in range(40):
+            a @ a
+        d.allreduce_sum(grad)
+    steps = {"blocking": [], "overlapped": []}
+    for _ in range(max(2, args.reps // 5)):
+        for kind in steps:
+            pending = None
+            for _ in range(6):
+                t0 = time.perf_counter()
+                if kind == "blocking":
+                    d.allreduce_sum(np.array([0.0]))
+                else:
+                    if pending is not None:
+                        pending()
+                    pending = d.allreduce_sum_async(np.array([0.0]))
+                step()
+                steps[kind].append(time.perf_counter() - t0)
+            if pending is not None:
+                pending()
+    if rank == 0:
+        mb, mo = (float(np.median(steps[k])) for k in ("blocking", "overlapped"))
+        print(f"stop-flag agreement: step time (median of {len(steps['blocking'])}) with the flag summed before "
+              f"the step {1e3 * mb:.2f} ms, overlapped with it {1e3 * mo:.2f} ms: {1e3 * (mb - mo):+.2f} ms per step")
+        rows += [{"backend": args.backend, "model": f"step-with-stop-flag-{kind}", "bytes": 8, "np": n, "mean_s": v,
+                  "ci95_s": None, "algbw_GBps": None, "busbw_GBps": None}
+                 for kind, v in (("blocking", mb), ("overlapped", mo))]
     if rank == 0:
         tag = "" if args.backend == "horovod" else f"-{args.backend}"
         path = write_csv(Path(args.out) / f"bench-allreduce{tag}-{hardware_tag()}-np{n}.csv", rows)

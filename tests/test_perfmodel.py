@@ -76,3 +76,27 @@ def test_local_scaling_run_writes_its_table_csv_and_plot(tmp_path):
     assert float(two["model_eff_no_overlap"]) == pytest.approx(
         efficiency(float(one["weak_step_s"]), float(two["allreduce_s"]), overlap=0.0), abs=1e-3)
     assert path.with_suffix(".png").stat().st_size > 1000 and "| 2 |" in path.with_suffix(".md").read_text()
+
+
+def test_allreduce_benchmark_under_mpirun(tmp_path):
+    """benchmarks/allreduce.py at np=2: one CSV row per message size and model gradient (bytes = 4 x the
+    model's parameters), bus bandwidth = 2 (N-1)/N x bytes / time, and the stop-flag step comparison."""
+    need_mpirun()
+    from covidnetx.launch import mpirun_cmd
+    from covidnetx.models import count_params, create_model
+    r = subprocess.run(mpirun_cmd(2) + [sys.executable, str(REPO / "benchmarks" / "allreduce.py"), "--max-bytes", "1024",
+                                        "--models", "resnet_w4", "--reps", "5", "--out", str(tmp_path)],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    [path] = tmp_path.glob("bench-allreduce-*-np2.csv")
+    rows = list(csv.DictReader(open(path)))
+    sizes = [int(x["bytes"]) for x in rows if not x["model"]]
+    assert sizes == [4, 16, 64, 256, 1024]
+    [model] = [x for x in rows if x["model"] == "resnet_w4"]
+    assert int(model["bytes"]) == 4 * count_params(create_model("resnet_w4", 3))
+    for x in rows[:6]:
+        assert int(x["np"]) == 2 and float(x["mean_s"]) > 0
+        assert float(x["busbw_GBps"]) == pytest.approx(int(x["bytes"]) / float(x["mean_s"]) / 1e9, rel=1e-6)
+    flags = {x["model"]: float(x["mean_s"]) for x in rows if x["model"].startswith("step-with-stop-flag")}
+    assert set(flags) == {"step-with-stop-flag-blocking", "step-with-stop-flag-overlapped"} and min(flags.values()) > 0
+    assert "stop-flag agreement: step time" in r.stdout
