@@ -3,8 +3,8 @@
 Horovod's steps, in order (each marked ``# Horovod:``): init and device pinning happen in ``dist.init``;
 data is sharded by global rank (covidnetx.data.loader); the LR is scaled by the global batch with a
 linear warmup; parameters and optimizer state (a resumed one; loaded before) are broadcast from rank 0;
-the optimizer is wrapped in DistributedOptimizer, which keeps that state. Only rank 0 writes (TensorBoard, checkpoints, results); all ranks meet after
-checkpoints and evaluations.
+the optimizer is wrapped in DistributedOptimizer, which keeps that state. Only rank 0 writes
+(TensorBoard, checkpoints, results); all ranks meet after checkpoints and evaluations.
 
 Resume order: this run's own directory (last.ckpt) -> an explicit ``resume`` checkpoint -> ``init_from``
 (weights only, head dropped) -> scratch. On SIGUSR1/SIGTERM (see StopSignals) the ranks agree one step
