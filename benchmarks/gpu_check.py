@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -76,6 +77,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--workers", type=int, default=min(12, (os.cpu_count() or 2) - 2))
     ap.add_argument("--dali-workers", type=int, default=min(8, (os.cpu_count() or 2) - 2))
+    ap.add_argument("--loader-images", type=int, default=1000, help="images of the loader benchmark (step 6)")
+    ap.add_argument("--loader-batches", type=int, default=48)
     ap.add_argument("--equality", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.equality:
@@ -146,6 +149,8 @@ def main(argv=None) -> int:
               flush=True)
         rows.append({"what": f"{args.model}-bf16-hdf5-{loader}-w{workers}", "img_per_s": round(res[0], 1), "ci95": round(res[1], 1),
                      "data_frac": round(res[2], 4)})
+    # a rerun on a warm node measures again (finished runs would otherwise be skipped)
+    shutil.rmtree(work / "runs", ignore_errors=True)
     r = sh([py, "-m", "covidnetx.cli", "pretrain", f"data.sources=[{packed}]", f"out_dir={work / 'runs'}",
             "run_name=gpu", "backend=none", "precision=bf16", f"model.name={args.model}", f"data.image_size={args.size}",
             f"data.workers={args.workers}", "optim.batch_size=128", "optim.steps=40", "optim.lr=0.1",
@@ -162,7 +167,7 @@ def main(argv=None) -> int:
               (r.stdout.strip().splitlines() or ["failed"])[-1], flush=True)
     r = sh([py, "benchmarks/allreduce.py", "--backend", "torch", "--out", out, "--reps", "20"], log, timeout=120)
     print("\n".join(l for l in r.stdout.splitlines() if not l.startswith("wrote")) or "allreduce failed", flush=True)
-    r = sh([py, "benchmarks/loader.py", "--images", "1000", "--batches", "48", "--rounds", "2", "--workers", f"0,{args.workers}",
+    r = sh([py, "benchmarks/loader.py", "--images", args.loader_images, "--batches", args.loader_batches, "--rounds", "2", "--workers", f"0,{args.workers}",
             "--work", work / "loader", "--out", out], log, timeout=200)
     print("\n".join(l for l in r.stdout.splitlines() if not l.startswith("wrote")), flush=True)
     write_csv(out / "bench-gpu-check.csv", rows)
