@@ -174,3 +174,21 @@ def test_ranks_draw_different_augmentations(tmp_path, kind):
     # one rank alone keeps its old stream: slot = position
     assert [TrainStream(16, 0, 1, 0).slot(p) for p in range(3)] == [0, 1, 2]
     assert [TrainStream(16, 1, 2, 0).slot(p) for p in range(3)] == [1, 3, 5]
+
+
+@pytest.mark.parametrize("kind, method", [("torch", "fork"), ("dali", "fork"), ("dali", "spawn")])
+def test_loader_workers_outlive_slurms_warning_signals(packed, kind, method):
+    """srun forwards SIGUSR1 (and SIGTERM) to every process of a step; a loader worker that died of it
+    made the training process fail at the next batch instead of saving its checkpoint (torch: "worker
+    killed by signal", DALI fork: "Worker data receiving interrupted", DALI spawn: the worker and
+    multiprocessing's resource tracker died). Workers now outlive both signals and the batches go on."""
+    import json
+    import subprocess
+    import sys
+    from tests.conftest import REPO
+    r = subprocess.run([sys.executable, str(REPO / "tests" / "mp" / "loader_signals.py"), kind, method,
+                        str(packed / "nat")], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["signalled"] >= 1 and res["alive"] == res["signalled"] and res["batches_equal"], res
+    assert "Traceback" not in r.stderr and "died unexpectedly" not in r.stderr, r.stderr[-2000:]

@@ -18,8 +18,10 @@ B per rank on N ranks holds N x B different crops, flips and angles, not B patte
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
@@ -354,7 +356,39 @@ def torch_loader(view, pp: Preprocess, batch: int, seed: int, rank: int, size: i
                                                         collate_fn=_collate, persistent_workers=False,
                                                         pin_memory=torch.cuda.is_available(),
                                                         prefetch_factor=4 if workers else None,
+                                                        worker_init_fn=worker_signals if workers else None,
                                                         multiprocessing_context="fork" if workers else None)))
+
+
+def worker_signals(_worker_id=None) -> None:
+    """In a loader worker process: outlive Slurm's warning. srun forwards SIGUSR1 (and SIGTERM at
+    preemption or the time limit) to every process of the step, loader workers included; a worker started
+    by spawn (DALI on a GPU) would die of it, and the training process would then fail at the next batch
+    instead of saving its checkpoint. Workers ignore SIGUSR1 and, while their parent lives, SIGTERM: the
+    training process decides when to stop, and ends its workers itself."""
+    parent = os.getppid()
+
+    def on_term(signum, frame):
+        if os.getppid() != parent:         # orphaned: nobody will end this worker; go
+            os._exit(0)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, on_term)
+
+
+@contextlib.contextmanager
+def children_ignore_sigusr1():
+    """Processes started inside (DALI's spawned workers, multiprocessing's resource tracker) begin life
+    with SIGUSR1 blocked: a signal mask survives fork and exec, a Python handler does not. This thread
+    only: the process itself still receives the signal (another thread takes it; the handler runs later)."""
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    except (AttributeError, ValueError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -371,6 +405,7 @@ class DaliBatchSource:
                  block: Optional[tuple] = None, start: int = 0, multilabel: bool = False):
         self.view, self.pp, self.seed, self.batch, self.stream, self.block = view, pp, seed, batch, stream, block
         self.start, self.multilabel = start, multilabel
+        self._owner, self._signals_in = os.getpid(), None    # the process that built the pipeline
 
     @property
     def augment(self) -> bool:
@@ -381,6 +416,9 @@ class DaliBatchSource:
         return (8 if self.pp.rotate_deg > 0 else 7) if self.augment else 4
 
     def __call__(self, iteration: int):
+        if self._signals_in != os.getpid() and os.getpid() != self._owner:   # first call in a worker
+            worker_signals()
+            self._signals_in = os.getpid()
         first = int(iteration) * self.batch
         if self.stream is not None:
             positions = range(self.start + first, self.start + first + self.batch)
@@ -480,10 +518,15 @@ def dali_loader(view, pp: Preprocess, batch: int, seed: int, rank: int, size: in
         src = DaliBatchSource(view, pp, seed, batch, block=block, multilabel=multilabel)
         n_batches = len(block[0]) // batch
     dev_id = torch_device.index if (torch_device is not None and torch_device.type == "cuda") else 0
+    method = start_method or dali_start_method()
     pipe = _dali_pipeline(src, encoded=encoded, channels_stored=parts[0].channels, pp=pp,
                           batch=batch, workers=workers, device=device, device_id=dev_id, seed=seed + rank,
-                          threads=torch.get_num_threads(), start_method=start_method or dali_start_method())
-    pipe.build()
+                          threads=torch.get_num_threads(), start_method=method)
+    with children_ignore_sigusr1():
+        if workers and method != "fork":
+            from multiprocessing import resource_tracker
+            resource_tracker.ensure_running()      # started here, it inherits the mask (else DALI starts it)
+        pipe.build()
     tdev = torch_device or torch.device("cpu")
 
     def gen():
