@@ -151,6 +151,12 @@ def test_train_stream_shards_each_epoch_without_repeats():
     seen = sorted(s[j] for s in even for j in range(25))
     assert seen == list(range(100))                               # n % size == 0: each exactly once
     assert TrainStream(n, 1, size, 5)[40] == streams[1][40]       # a pure function of the position
+    # fewer samples than ranks (few-shot k=1, 3 classes, 4 ranks): every rank still gets one per epoch,
+    # and each epoch uses every sample
+    tiny = [TrainStream(3, r, 4, seed=5) for r in range(4)]
+    for epoch in range(3):
+        got = [s[epoch] for s in tiny]
+        assert set(got) == {0, 1, 2} and len(got) == 4
     idx, valid = eval_block(10, 2, 3, 4)
     assert idx[valid.astype(bool)].tolist() == [8, 9] and len(idx) == 4
 

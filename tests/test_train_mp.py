@@ -183,3 +183,17 @@ def test_horovod_one_rank_equals_single_process_with_weight_decay(packed, tmp_pa
         ckpts.append(torch.load(out / "pre" / "last.ckpt", weights_only=False)["model"])
     for k in ckpts[0]:
         assert torch.equal(ckpts[0][k], ckpts[1][k]), k
+
+
+def test_fewshot_with_fewer_examples_than_ranks(packed, tmp_path):
+    """k=1 with 3 classes on 4 ranks (one 4-GPU node): 3 training samples for 4 ranks used to be refused;
+    each epoch now deals back-to-back permutations, so every rank trains and the run completes."""
+    need_mpirun()
+    args = transfer_args(packed / "cxr", tmp_path, "", "fewshot", steps=3,
+                         extra=["run_name=fs", "shots=[1]", "seeds=[0]", "backend=horovod", "data.eval_split=val"])
+    r = subprocess.run(mpirun_cmd(4) + [sys.executable, "-m", "covidnetx.cli", *map(str, args)],
+                       capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    [row] = load_results(tmp_path / "results.jsonl")
+    assert row["world_size"] == 4 and row["train_size"] == 3 and row["shots"] == 1 and row["steps"] == 3
+    assert row["ranks_in_sync"] is True and row["source"] == "scratch"

@@ -6,7 +6,9 @@ Sharding
     all ranks; its first ``n - n % size`` entries are dealt round-robin (rank r takes entries r, r+size,
     ...), so each rank gets the same count and no sample appears twice in an epoch (the ``n % size``
     left over go to no rank that epoch; they differ from epoch to epoch). Position p of the stream is a
-    pure function of (seed, rank, size, p): resuming at step s restarts at p = s * batch exactly.
+    pure function of (seed, rank, size, p): resuming at step s restarts at p = s * batch exactly. A
+    training set smaller than the number of ranks (few-shot k=1 with 3 classes on a 4-GPU node) makes
+    each epoch ``ceil(size / n)`` permutations back to back, so every rank still gets samples.
   * evaluation gives rank r the contiguous block r of ``ceil(n / size)`` samples, padded at the end
     to whole batches with masked entries (valid = 0), so every sample is evaluated exactly once.
 
@@ -112,16 +114,21 @@ class TrainStream:
     """Stream of sample indices for one rank (see module docstring)."""
 
     def __init__(self, n: int, rank: int, size: int, seed: int):
-        if n < size:
-            raise UserError(f"training set has {n} samples, fewer than the {size} ranks")
+        if n < 1:
+            raise UserError("the training set is empty")
         self.n, self.rank, self.size, self.seed = n, rank, size, seed
-        self.per_rank = n // size
+        self.repeats = -(-size // n)             # permutations per epoch: 1 unless n < size
+        self.per_rank = n * self.repeats // size
         self._cache: dict = {}
 
     def epoch_indices(self, epoch: int) -> np.ndarray:
         got = self._cache.get(epoch)
         if got is None:
-            perm = np.random.default_rng([self.seed, epoch, 11]).permutation(self.n)
+            if self.repeats == 1:
+                perm = np.random.default_rng([self.seed, epoch, 11]).permutation(self.n)
+            else:
+                perm = np.concatenate([np.random.default_rng([self.seed, epoch, 11, j]).permutation(self.n)
+                                       for j in range(self.repeats)])
             got = perm[: self.per_rank * self.size][self.rank::self.size]
             self._cache = {epoch: got}
         return got
