@@ -54,19 +54,19 @@ def run(args) -> int:
     from covidnetx.models import create_model
     from covidnetx.results import json_safe
     from covidnetx.train.engine import evaluate_model
-    from covidnetx.train.tasks import _check_sources, _threads
+    from covidnetx.train.tasks import check_sources, set_threads
 
     ck = _load_checkpoint(args.checkpoint)
     cfg = C.load_config(overrides=list(args.overrides), base=yaml.safe_load(ck["config"]))
     if not cfg.data.eval_split:
         raise UserError("config key 'data.eval_split' is empty: name the split to evaluate (e.g. data.eval_split=test)")
-    _check_sources(cfg)
+    check_sources(cfg)
     view = Mixture([PackedDataset(s, cfg.data.eval_split) for s in cfg.data.sources], cfg.data.label_space,
                    1.0, 0, cfg.data.rename)
     if list(view.class_names) != list(ck["class_names"]):
         raise UserError(f"the data's classes {list(view.class_names)} differ from the checkpoint's "
                         f"{list(ck['class_names'])} (config keys data.label_space / data.rename map them)")
-    _threads(cfg)
+    set_threads(cfg)
     dist = D.init(cfg.backend, "cuda" if cfg.data.device == "gpu" else "auto")
     try:
         model = create_model(cfg.model.name, len(ck["class_names"]))

@@ -35,7 +35,7 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None, task: str = "
     return p
 
 
-def _check_sources(cfg: C.Config) -> None:
+def check_sources(cfg: C.Config) -> None:
     if not cfg.data.sources:
         raise UserError("config key 'data.sources': no packed dataset given")
     for s in cfg.data.sources:
@@ -44,7 +44,7 @@ def _check_sources(cfg: C.Config) -> None:
 
 
 def _views(cfg: C.Config):
-    _check_sources(cfg)
+    check_sources(cfg)
     train_parts = [PackedDataset(s, cfg.data.train_split) for s in cfg.data.sources]
     frac = cfg.data.fraction if cfg.task == "pretrain" else 1.0
     train = Mixture(train_parts, cfg.data.label_space, frac, cfg.data.fraction_seed, cfg.data.rename)
@@ -70,7 +70,7 @@ def _init_meta(path: str) -> dict:
 
 def plan_runs(cfg: C.Config) -> list:
     """[(config, meta, subset indices or None)] for one command: one run, or shots x seeds for few-shot."""
-    _check_sources(cfg)
+    check_sources(cfg)
     base_hash = C.config_hash(cfg)
     if cfg.task == "pretrain":
         name = cfg.run_name or f"pretrain-{cfg.model.name}-{base_hash}"
@@ -120,16 +120,15 @@ def default_threads() -> int:
     its share already; when unbound (the whole machine), the machine is split among the ranks on this
     node. os.cpu_count() alone would give every rank of a 4-GPU node all 128 cores of the node."""
     from covidnetx.launch import world_from_env
-    env = os.environ
     allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if allowed < (os.cpu_count() or allowed):
         return max(1, allowed)
-    local = int(env.get("OMPI_COMM_WORLD_LOCAL_SIZE", env.get("SLURM_NTASKS_PER_NODE", "0") or 0)
+    local = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "0") or 0)
                 or world_from_env().size)
     return max(1, allowed // max(1, local))
 
 
-def _threads(cfg: C.Config) -> None:
+def set_threads(cfg: C.Config) -> None:
     torch.set_num_threads(cfg.threads or default_threads())
 
 
@@ -150,7 +149,7 @@ def run_configs(cfgs: list, label: str) -> int:
     once; few-shot configs expand to shots x seeds runs). Finished runs are skipped."""
     from covidnetx import dist as D
     from covidnetx.train.engine import EXIT_REQUEUE, STOP, Interrupted
-    _threads(cfgs[0])
+    set_threads(cfgs[0])
     dist = None
     with STOP:                 # from here on SIGUSR1/SIGTERM end in exit EXIT_REQUEUE, never in a killed step
         try:
