@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import hardware_tag, mean_ci, write_csv  # noqa: E402
 
@@ -77,7 +79,6 @@ def main(argv=None) -> int:
     # blocking allreduce standing for the gradient one (which keeps the ranks in step, as in training).
     # Variant "blocking": the flag summed before each step (as it was); "overlapped": its sum started with
     # the step and read at the next one (as it is). Blocks of the two alternate, so drift hits both alike.
-    import numpy as np
     a = torch.randn(256, 256)
     grad = np.zeros(1024)
 

@@ -74,8 +74,8 @@ def test_concurrent_appends_never_tear_or_lose_rows(tmp_path):
 
 def test_frechet_distance_exact_in_sample_space():
     """Alignment metric: agrees with the d x d sqrtm formula where that is well posed (more samples than
-    dimensions), and stays exact where it is not (fewer samples than dimensions: singular covariances,
-    where sqrtm warned and returned noise): shifted copies differ by |shift|^2, scaled copies by closed form."""
+    dimensions), and stays exact, without warnings, where the covariances are singular (fewer samples than
+    dimensions): shifted copies differ by |shift|^2, scaled copies by their closed form."""
     import warnings
     from scipy import linalg
     from covidnetx.scaling.alignment import frechet

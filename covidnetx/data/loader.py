@@ -124,7 +124,7 @@ class TrainStream:
     def epoch_indices(self, epoch: int) -> np.ndarray:
         got = self._cache.get(epoch)
         if got is None:
-            if self.repeats == 1:
+            if self.repeats == 1:              # the usual case, seeded as it always was
                 perm = np.random.default_rng([self.seed, epoch, 11]).permutation(self.n)
             else:
                 perm = np.concatenate([np.random.default_rng([self.seed, epoch, 11, j]).permutation(self.n)
@@ -423,9 +423,10 @@ class DaliBatchSource:
         return (8 if self.pp.rotate_deg > 0 else 7) if self.augment else 4
 
     def __call__(self, iteration: int):
-        if self._signals_in != os.getpid() and os.getpid() != self._owner:   # first call in a worker
+        pid = os.getpid()
+        if pid != self._owner and pid != self._signals_in:      # first call in a worker process
             worker_signals()
-            self._signals_in = os.getpid()
+            self._signals_in = pid
         first = int(iteration) * self.batch
         if self.stream is not None:
             positions = range(self.start + first, self.start + first + self.batch)
