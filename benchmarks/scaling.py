@@ -8,7 +8,11 @@ For each N (local mpirun; on a cluster one jobscripts/scaling.sbatch job per nod
   strong : fixed global batch (batch split over N processes); efficiency = T_1 / (N x T_N) per global batch
 and, for N > 1, the measured allreduce time of the model's fused gradients, with the efficiency that
 covidnetx/perfmodel.py predicts from the measured step compute time and that allreduce time (no overlap:
-Horovod overlaps little on one CPU core per rank). Writes one CSV per run named by what it measured
+Horovod overlaps little on one CPU core per rank); and the full model, which adds what N ranks on one
+machine cost each other without communicating (contention: N plain loops started together, the compute
+time at N) and the wait for the slowest of N ranks (stragglers: from the step-time variation measured at
+the smallest count, the coefficient of variation within each launch, pooled, so drift between launches
+does not count). Writes one CSV per run named by what it measured
 (bench-scaling-<hardware>-<precision>-<model>-np<counts>.csv), a PNG plot and a Markdown table.
 """
 from __future__ import annotations
@@ -32,7 +36,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--iters", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     ap.add_argument("--out", default="bench_out")
@@ -45,31 +49,51 @@ def main(argv=None) -> int:
     counts = [int(c) for c in args.counts.split(",")]
     print(f"# scaling: {args.model} {args.size}px, batch {args.batch}/process (weak) or {args.batch} global (strong), "
           f"{args.iters} timed iterations, {args.threads} thread(s)/process; {machine_line()}")
-    res = {}
-    for n in counts:
-        weak, strong, ar = [], [], []
-        for _ in range(args.repeats):
+    got = {n: {"weak": [], "strong": [], "allreduce": [], "launches": [], "shared": []} for n in counts}
+    # the counts take turns within each repeat, so a slow or fast spell of the machine hits them alike
+    for _ in range(args.repeats):
+        for n in counts:
+            g = got[n]
             w = run_worker("hvd", n, "synthetic", "torch", args)
-            weak += w["times"]
-            ar += w.get("allreduce_times", [])
+            g["weak"] += w["times"]
+            g["launches"].append(w["times"])
+            g["allreduce"] += w.get("allreduce_times", [])
             sargs = argparse.Namespace(**{**vars(args), "batch": max(1, args.batch // n)})
-            strong += run_worker("hvd", n, "synthetic", "torch", sargs)["times"]
-        res[n] = {"weak_step": statistics.fmean(weak), "weak_ci": mean_ci([args.batch / t for t in weak])[1],
-                  "strong_step": statistics.fmean(strong), "allreduce": statistics.fmean(ar) if ar else 0.0}
+            g["strong"] += run_worker("hvd", n, "synthetic", "torch", sargs)["times"]
+            if n > 1:           # n independent plain loops at once: the compute time per step at n
+                g["shared"] += run_worker("plain", n, "synthetic", "torch", args)["times"]
+    res = {n: {"weak_step": statistics.fmean(g["weak"]), "weak_ci": mean_ci([args.batch / t for t in g["weak"]])[1],
+               "strong_step": statistics.fmean(g["strong"]),
+               "allreduce": statistics.fmean(g["allreduce"]) if g["allreduce"] else 0.0,
+               "step_cv": pooled_cv(g["launches"]), "shared_step": statistics.fmean(g["shared"]) if g["shared"] else None}
+           for n, g in got.items()}
     write_outputs(res, counts, args.batch, Path(args.out),
                   f"bench-scaling-{hardware_tag()}-{args.precision}-{args.model}-np{'-'.join(map(str, counts))}",
                   args.model, args.size)
     return 0
 
 
+def pooled_cv(launches: list) -> float:
+    """Coefficient of variation of step times within launches (variances pooled over launches of two or
+    more steps, divided by the overall mean)."""
+    groups = [t for t in launches if len(t) > 1]
+    if not groups:
+        return 0.0
+    var = statistics.fmean(statistics.variance(t) for t in groups)
+    return var ** 0.5 / statistics.fmean(x for t in groups for x in t)
+
+
 def write_outputs(res: dict, counts: list, batch: int, out: Path, stem: str, model: str, size: int) -> list:
-    """Efficiencies relative to the smallest count, the model's prediction beside them; CSV, Markdown
-    table and PNG plot named ``stem``. ``res[n]``: weak_step, weak_ci, allreduce (s), strong_step or None."""
-    from covidnetx.perfmodel import efficiency
+    """Efficiencies relative to the smallest count, the model's predictions beside them; CSV, Markdown
+    table and PNG plot named ``stem``. ``res[n]``: weak_step, weak_ci, allreduce (s), strong_step or None,
+    step_cv (the smallest count's is the straggler model's input), shared_step (N plain loops at once) or None."""
+    from covidnetx.perfmodel import efficiency, straggler_time
     base = res[counts[0]]
+    cv = base.get("step_cv", 0.0)
     rows = []
-    lines = ["| N | img/s per process (weak) | weak eff. | strong eff. | gradient allreduce (ms) | model eff. (no overlap) |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"| N | img/s per process (weak) | weak eff. | strong eff. | gradient allreduce (ms) | model eff. (no overlap) "
+             f"| N plain loops at once | model: + contention + stragglers (step cv {100 * cv:.1f}%) |",
+             "|---|---|---|---|---|---|---|---|"]
     for n in counts:
         r = res[n]
         thr = batch / r["weak_step"]
@@ -77,14 +101,24 @@ def write_outputs(res: dict, counts: list, batch: int, out: Path, stem: str, mod
         strong_eff = (base["strong_step"] / (n / counts[0] * r["strong_step"])
                       if r.get("strong_step") and base.get("strong_step") else None)
         pred = efficiency(base["weak_step"], r["allreduce"], overlap=0.0) if r["allreduce"] else 1.0
+        # the base count's step already holds its own wait for the slowest of counts[0] ranks
+        wait = straggler_time(base["weak_step"], cv, n) - straggler_time(base["weak_step"], cv, counts[0])
+        # compute time at n: n plain loops at once where measured (contention), else the base step
+        t_n = r.get("shared_step") or base["weak_step"]
+        contention = base["weak_step"] / t_n
+        pred_full = efficiency(t_n, r["allreduce"], overlap=0.0, t_wait=wait) * contention
         lines.append(f"| {n} | {thr:.1f} ± {r['weak_ci']:.1f} | {100 * weak_eff:.0f}% | "
                      f"{'—' if strong_eff is None else f'{100 * strong_eff:.0f}%'} | "
-                     f"{1e3 * r['allreduce']:.1f} | {100 * pred:.0f}% |")
+                     f"{1e3 * r['allreduce']:.1f} | {100 * pred:.0f}% | "
+                     f"{'—' if not r.get('shared_step') else f'{100 * contention:.0f}%'} | {100 * pred_full:.0f}% |")
         rows.append({"np": n, "model": model, "size": size, "batch": batch,
                      "weak_step_s": round(r["weak_step"], 5), "weak_img_per_s_per_proc": round(thr, 2),
                      "weak_eff": round(weak_eff, 4), "strong_step_s": round(r.get("strong_step") or 0.0, 5),
                      "strong_eff": "" if strong_eff is None else round(strong_eff, 4),
-                     "allreduce_s": round(r["allreduce"], 5), "model_eff_no_overlap": round(pred, 4)})
+                     "allreduce_s": round(r["allreduce"], 5), "model_eff_no_overlap": round(pred, 4),
+                     "step_cv": round(r.get("step_cv", 0.0), 4), "straggler_wait_s": round(wait, 5),
+                     "shared_step_s": "" if not r.get("shared_step") else round(r["shared_step"], 5),
+                     "model_eff_full": round(pred_full, 4)})
     print("\n".join(lines))
     write_csv(out / f"{stem}.csv", rows)
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
@@ -96,6 +130,8 @@ def write_outputs(res: dict, counts: list, batch: int, out: Path, stem: str, mod
     if all(r["strong_eff"] != "" for r in rows):
         ax.plot(counts, [100 * r["strong_eff"] for r in rows], "s-", label="strong (measured)")
     ax.plot(counts, [100 * r["model_eff_no_overlap"] for r in rows], "k--", label="model (no overlap)")
+    if any(r["model_eff_full"] != r["model_eff_no_overlap"] for r in rows):
+        ax.plot(counts, [100 * r["model_eff_full"] for r in rows], "k:", label="model + contention + stragglers")
     ax.set_xlabel("processes")
     ax.set_ylabel("efficiency (%)")
     ax.set_ylim(0, 110)
@@ -121,7 +157,7 @@ def gather(folder: Path, out: Path) -> int:
             series.setdefault(key, {})[int(d["size"])] = {
                 "weak_step": statistics.fmean(d["times"]), "weak_ci": mean_ci([d["batch"] / t for t in d["times"]])[1],
                 "allreduce": statistics.fmean(d["allreduce_times"]) if d.get("allreduce_times") else 0.0,
-                "strong_step": None}
+                "strong_step": None, "step_cv": pooled_cv([d["times"]])}
         except (ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"{f}: malformed RESULT line ({type(e).__name__}: {e})")
     if not series:

@@ -1,7 +1,11 @@
 """A performance model for data-parallel training: projects weak-scaling efficiency to many GPUs.
 
-step time   T(N) = T_c + max(0, T_ar(N) - overlap * T_bwd)           (overlap in [0, 1])
+step time   T(N) = T_c + W(N) + max(0, T_ar(N) - overlap * T_bwd)    (overlap in [0, 1])
 efficiency  E(N) = T_c / T(N)                                        (weak scaling, fixed batch per GPU)
+stragglers  W(N) = cv * T_c * e_N: a synchronous step waits for the slowest of N ranks. Each rank's
+            compute time per step varies with coefficient of variation cv (measured on one rank), the
+            ranks independently of each other; e_N = E[max of N iid standard normals] (e_1 = 0,
+            e_2 = 1/sqrt(pi) = 0.564, e_4 = 1.029, e_64 = 2.344, e_1024 = 3.248). cv = 0 leaves it out.
 ring allreduce of G bytes over N ranks, bandwidth B (bytes/s per rank), latency a (s per message step):
             T_ring(N) = 2 (N-1)/N * G / B + 2 (N-1) a
 hierarchical (g GPUs per node, n = N/g nodes; NVLink inside a node, one NIC per GPU between nodes):
@@ -44,15 +48,37 @@ def hierarchical_allreduce_time(nbytes: float, n_gpus: int, m: Machine) -> float
     return t + ring_allreduce_time(nbytes / g, nodes, m.inter_bw, m.inter_lat)
 
 
-def efficiency(t_compute: float, t_allreduce: float, overlap: float = 0.0) -> float:
+def expected_max_normal(n: int) -> float:
+    """E[max of n independent standard normal variables]: the integral of x n phi(x) Phi(x)^(n-1),
+    on a grid fine enough for 1e-9 (Phi^(n-1) taken through log Phi, so large n does not underflow)."""
+    if n <= 1:
+        return 0.0
+    import numpy as np
+    from scipy.special import log_ndtr
+    x, dx = np.linspace(-12.0, 12.0, 240_001, retstep=True)
+    f = x * n * np.exp(-0.5 * x * x + (n - 1) * log_ndtr(x)) / np.sqrt(2.0 * np.pi)
+    return float(dx * (f.sum() - 0.5 * (f[0] + f[-1])))          # trapezoidal rule
+
+
+def straggler_time(t_compute: float, cv: float, n: int) -> float:
+    """Expected extra time per synchronous step from waiting for the slowest of n ranks (see above)."""
+    if cv < 0:
+        raise ValueError(f"coefficient of variation {cv} < 0")
+    return cv * t_compute * expected_max_normal(n) if cv else 0.0
+
+
+def efficiency(t_compute: float, t_allreduce: float, overlap: float = 0.0, t_wait: float = 0.0) -> float:
+    """Weak-scaling efficiency of a step of compute t_compute, allreduce t_allreduce (overlapped with
+    the backward pass by the fraction ``overlap``) and straggler wait t_wait."""
     t_bwd = 2.0 / 3.0 * t_compute
     exposed = max(0.0, t_allreduce - overlap * t_bwd)
-    return t_compute / (t_compute + exposed)
+    return t_compute / (t_compute + t_wait + exposed)
 
 
 def project(params: int, t_compute: float, gpu_counts, machine: Machine, *, grad_bytes_per_param: int = 4,
-            overlap: float = 0.0, algorithm: str = "hierarchical") -> list:
-    """[(N, allreduce seconds, step seconds, efficiency)] for each N in gpu_counts."""
+            overlap: float = 0.0, algorithm: str = "hierarchical", step_cv: float = 0.0) -> list:
+    """[(N, allreduce seconds, step seconds, efficiency)] for each N in gpu_counts; ``step_cv`` > 0 adds
+    the straggler wait of N ranks whose compute time per step varies by that coefficient."""
     g_bytes = params * grad_bytes_per_param
     out = []
     for n in gpu_counts:
@@ -61,6 +87,6 @@ def project(params: int, t_compute: float, gpu_counts, machine: Machine, *, grad
         else:
             t_ar = ring_allreduce_time(g_bytes, n, machine.inter_bw if n > machine.gpus_per_node else machine.intra_bw,
                                        machine.inter_lat if n > machine.gpus_per_node else machine.intra_lat)
-        e = efficiency(t_compute, t_ar, overlap)
+        e = efficiency(t_compute, t_ar, overlap, straggler_time(t_compute, step_cv, n))
         out.append((n, t_ar, t_compute / e, e))
     return out

@@ -129,6 +129,9 @@ def test_scaling_jobs_run_under_srun_and_gather_into_one_table(slurm, tmp_path):
     assert float(rows[0]["weak_eff"]) == 1.0 and 0.05 < float(rows[1]["weak_eff"]) < 1.5
     assert float(rows[0]["allreduce_s"]) == 0.0 and float(rows[1]["allreduce_s"]) > 0    # measured at np=2
     assert rows[1]["strong_eff"] == "" and "| 2 |" in Path(f"{stem}.md").read_text()
+    # no plain loops on a cluster run: the full model is communication + the wait for the slower rank
+    assert float(rows[0]["step_cv"]) > 0 and rows[1]["shared_step_s"] == ""
+    assert float(rows[1]["model_eff_full"]) < float(rows[1]["model_eff_no_overlap"])
     assert Path(f"{stem}.png").stat().st_size > 1000
     # a job that produced no result is named, not silently averaged in
     (out / "scaling-resnet_w4-b8-np4.json").write_text("srun: error: task 0 failed\n")
