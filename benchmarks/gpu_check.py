@@ -9,7 +9,8 @@
    (gray, repeated to 3 channels on the GPU) by the torch loader (CPU workers) and by the DALI GPU
    pipeline (in-process source and worker processes); target: HDF5 >= 95% of synthetic;
 4. the engine end to end on the GPU: `covidnetx pretrain` (backend none, bf16) with the torch loader
-   and with the DALI GPU loader;
+   and with the DALI GPU loader, and a short run under torch's sync debug mode that lists every
+   host-device synchronisation inside the training loop (the step is meant to have none);
 5. allreduce on the GPU (torch.distributed/NCCL, one process: the single-GPU floor; Horovod too when
    it is installed with GPU support);
 6. the loader benchmark (CPU loaders at this node's core count; DALI GPU when present).
@@ -29,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import mean_ci, write_csv  # noqa: E402
 
 
-def sh(cmd, log, timeout=300):
+def sh(cmd, log, timeout=300, env=None):
     t = time.time()
     try:
         r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
-                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                           env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
     except subprocess.TimeoutExpired as e:
         r = subprocess.CompletedProcess(e.cmd, 124, e.stdout or "", f"timed out after {timeout} s")
     log.write(f"$ {' '.join(map(str, cmd))}  [{time.time() - t:.1f} s, exit {r.returncode}]\n{r.stdout}\n{r.stderr[-4000:]}\n")
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
             print(f"bf16 ResNet-50 HDF5 + {loader}: failed (see gpu_check.log)", flush=True)
             continue
         print(f"bf16 {args.model} HDF5 + {loader:<5} ({workers} workers): {res[0]:8.0f} ± {res[1]:5.0f} img/s = "
-              f"{100 * res[0] / syn[0]:.0f}% of synthetic (target >= 95%); data wait {100 * res[2]:.0f}% of step",
+              f"{100 * res[0] / syn[0]:.0f}% of synthetic (target >= 95%); host fetching the next batch {100 * res[2]:.0f}% of step (runs while the GPU does the backward pass)",
               flush=True)
         rows.append({"what": f"{args.model}-bf16-hdf5-{loader}-w{workers}", "img_per_s": round(res[0], 1), "ci95": round(res[1], 1),
                      "data_frac": round(res[2], 4)})
@@ -157,6 +158,16 @@ def main(argv=None) -> int:
             "optim.base_batch=256", "log_every=10", "bootstrap=50", "data.eval_split=val"], log, timeout=300)
     print("engine on GPU (covidnetx pretrain, bf16, 40 steps, torch loader):",
           (r.stdout.strip().splitlines() or ["failed"])[-1], flush=True)
+    # the same run again with torch flagging each host-device synchronisation inside the training loop
+    # (one warning per place in the code; the step is meant to have none)
+    r = sh([py, "-m", "covidnetx.cli", "pretrain", f"data.sources=[{packed}]", f"out_dir={work / 'runs'}",
+            "run_name=gpu-sync", "backend=none", "precision=bf16", f"model.name={args.model}", f"data.image_size={args.size}",
+            f"data.workers={args.workers}", "optim.batch_size=128", "optim.steps=10", "optim.lr=0.1",
+            "optim.base_batch=256", "log_every=5", "bootstrap=50", "data.eval_split=val", "optim.mixup=0.1"], log,
+           timeout=300, env={"COVIDNETX_CUDA_SYNC_DEBUG": "warn", "PYTHONWARNINGS": "default"})
+    flagged = [l.strip() for l in r.stderr.splitlines() if "synchronizing CUDA operation" in l]
+    print(f"host-device synchronisations flagged in the training loop (10 steps, MixUp on): {len(flagged)} place(s)"
+          + (f" (exit {r.returncode})" if r.returncode else "") + "".join(f"\n  {l}" for l in flagged[:5]), flush=True)
     if env["nvidia.dali"] == "yes":
         r = sh([py, "-m", "covidnetx.cli", "pretrain", f"data.sources=[{packed}]", f"out_dir={work / 'runs'}",
                 "run_name=gpu-dali", "backend=none", "precision=bf16", f"model.name={args.model}",

@@ -12,7 +12,8 @@ Prints, each as img/s per process (mean ± 1.96σ over timed iterations after wa
      communication. Ratios are taken within each repeat (back-to-back runs), then the median; and once
      more with np=1 and np=2 phases alternating inside one mpirun -np 2 job (Horovod process set {0}
      for the np=1 phase while rank 1 sleeps), the ratio taken per block, so drift cannot bias it;
-  3. Horovod np=1 fed from packed HDF5 by the torch loader and by DALI (CPU), with data time and
+  3. Horovod np=1 fed from packed HDF5 by the torch loader and by DALI (CPU), with data time (the next
+     batch is fetched after the backward pass is queued, as in the engine: on a GPU it overlaps) and
      compute time split, so an input-pipeline bottleneck shows.
 One thread per process (as Horovod's synthetic benchmark); runs alternate plain/Horovod to cancel drift.
 Writes bench_out/bench-train-<precision>-<hardware>-<np>.csv.
@@ -71,15 +72,21 @@ def worker(args) -> None:
         batches = make_loader(args.loader, view, pp, b, 0, rank, size, workers=args.workers, train=True,
                               steps=args.warmup + args.iters, device="gpu" if dev.type == "cuda" else "cpu",
                               torch_device=dev)
+    def fetch():
+        from covidnetx.train.engine import to_device
+        bt = next(batches)
+        xb = normalize(to_device(bt["image"], dev), pp)
+        if dev.type == "cuda":
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb, to_device(bt["label"], dev)
+    # as in the engine: the next batch is fetched after the backward pass is queued (on a GPU, while it
+    # runs), then the optimizer steps; one synchronisation per step, at its end, for the step time
     times, dtimes, stimes = [], [], []
+    ahead = fetch() if batches is not None else None
     for it in range(args.warmup + args.iters):
         t0 = time.perf_counter()
-        if batches is not None:
-            bt = next(batches)
-            x, y = normalize(bt["image"], pp, dev), bt["label"].to(dev, non_blocking=True)
-            if dev.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-        t1 = time.perf_counter()
+        if ahead is not None:
+            x, y = ahead
         if autocast is not None:
             with autocast:
                 out = model(x)
@@ -88,6 +95,9 @@ def worker(args) -> None:
         loss = torch.nn.functional.cross_entropy(out.float(), y)
         opt.zero_grad()
         loss.backward()
+        t1 = time.perf_counter()
+        if batches is not None and it + 1 < args.warmup + args.iters:
+            ahead = fetch()
         tb = time.perf_counter()
         opt.step()             # Horovod: waits here for the gradients' allreduce (and for the slower rank)
         if dev.type == "cuda":
@@ -95,7 +105,7 @@ def worker(args) -> None:
         t2 = time.perf_counter()
         if it >= args.warmup:
             times.append(t2 - t0)
-            dtimes.append(t1 - t0)
+            dtimes.append(tb - t1)
             stimes.append(t2 - tb)
     ar_times = []
     if args.worker != "plain" and size > 1:

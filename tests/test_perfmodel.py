@@ -175,6 +175,7 @@ def test_gpu_check_runs_on_a_cpu_except_its_gpu_only_steps(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "engine on GPU (covidnetx pretrain, bf16, 40 steps, torch loader): [gpu] done at step 40" in r.stdout
     assert "DALI GPU vs torch reference: failed" in r.stdout          # no CUDA here
+    assert "synchronisations flagged in the training loop (10 steps, MixUp on): 0 place(s)\n" in r.stdout
     assert "best covidnetx loader / best ImageFolder baseline" in r.stdout
     rows = {x["what"]: float(x["img_per_s"]) for x in csv.DictReader(open(tmp_path / "out" / "bench-gpu-check.csv"))}
     assert set(rows) == {"resnet_w4-bf16-synthetic", "resnet_w4-bf16-hdf5-torch-w1", "resnet_w4-bf16-hdf5-dali-w0",

@@ -53,6 +53,31 @@ def test_nonfinite_loss_names_the_step(packed, tmp_path, capsys):
     assert "non-finite loss" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("bad_call", [6, 7])
+def test_nonfinite_loss_stops_before_the_optimizer_applies_it(packed, tmp_path, capsys, monkeypatch, bad_call):
+    """The loss reaches the host without a synchronisation between forward and backward and is checked
+    after the step's backward passes: a NaN in either micro-batch of step 3 (accum 2: loss calls 6, 7) is
+    named as step 3, and the optimizer has stepped exactly 3 times."""
+    from covidnetx.train.engine import Trainer
+    calls, steps = [0], [0]
+    real_loss, real_step = Trainer._loss, Trainer._step
+
+    def loss(self, logits, y):
+        out = real_loss(self, logits, y)
+        calls[0] += 1
+        return out * float("nan") if calls[0] == bad_call + 1 else out
+
+    def step(self):
+        steps[0] += 1
+        return real_step(self)
+    monkeypatch.setattr(Trainer, "_loss", loss)
+    monkeypatch.setattr(Trainer, "_step", step)
+    code = main(pretrain_args(packed / "nat", tmp_path, steps=10, extra=["backend=none", "optim.accum_steps=2",
+                                                                          "optim.batch_size=8"]))
+    assert code == 3 and steps[0] == 3 and calls[0] == 8     # both micro-batches of step 3 ran, none of step 4
+    assert "non-finite loss (nan) at step 3, rank 0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra, message", [
     (["model.init_from=/nonexistent.ckpt"], "weights file '/nonexistent.ckpt' not found"),
     (["model.drop_head=false"], "checkpoint head has 10 classes, the task has 3"),
@@ -157,7 +182,7 @@ def test_mixup_mixes_pairs_reproducibly_and_changes_training(packed, tmp_path):
     from covidnetx.train.engine import mixup_batch
     x = torch.randn(8, 1, 4, 4)
     m, perm, lam = mixup_batch(x, 0.2, [0, 5, 0, 1])
-    assert 0.0 <= lam <= 1.0 and sorted(perm.tolist()) == list(range(8))
+    assert 0.0 <= lam <= 1.0 and sorted(perm.tolist()) == list(range(8)) and perm.device == x.device
     assert torch.allclose(m, lam * x + (1 - lam) * x[perm])
     m2, perm2, lam2 = mixup_batch(x, 0.2, [0, 5, 0, 1])
     assert lam2 == lam and torch.equal(perm2, perm) and torch.equal(m2, m)        # keyed, not global state

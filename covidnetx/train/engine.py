@@ -150,8 +150,16 @@ def mixup_batch(x: torch.Tensor, alpha: float, key: list) -> tuple:
     (mixed x, perm as a tensor on x's device, lam)."""
     rng = np.random.default_rng([int(k) for k in key] + [0x6D6978])
     lam = float(rng.beta(alpha, alpha))
-    perm = torch.as_tensor(rng.permutation(x.shape[0]), device=x.device)
+    perm = to_device(torch.as_tensor(rng.permutation(x.shape[0])), x.device)
     return x.mul(lam).add_(x[perm], alpha=1.0 - lam), perm, lam
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without stalling the host: to a GPU through pinned memory and an
+    asynchronous copy (a copy from pageable memory waits for the device's queue to drain first)."""
+    if device.type != "cuda" or t.device.type == "cuda":
+        return t.to(device)
+    return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
 
 
 class Trainer:
@@ -350,12 +358,41 @@ class Trainer:
                                  steps=(self.steps - step) * cfg.optim.accum_steps, device=cfg.data.device,
                                  torch_device=self.device)
             self.model.train()
+            accum = cfg.optim.accum_steps
+            remaining = (self.steps - step) * accum             # batches the loader will yield
             t_data = t_comp = 0.0
+
+            def fetch():
+                """The next batch on the device (None after the last): called while the device still runs the
+                previous backward pass, so on a GPU loading overlaps compute."""
+                nonlocal remaining, t_data
+                if remaining == 0:
+                    return None
+                remaining -= 1
+                t0 = time.perf_counter()
+                b = next(loader)
+                out = normalize(to_device(b["image"], self.device), self.pp), to_device(b["label"], self.device)
+                t_data += time.perf_counter() - t0
+                return out
+            # the losses reach the host by an asynchronous copy that is waited for only after the next batch
+            # is fetched: no host synchronisation between forward and backward (on a GPU a .item() or a
+            # bool() of the loss would stall the CPU until the device is idle); a non-finite loss still
+            # stops the step before the optimizer applies it
+            cuda = self.device.type == "cuda"
+            loss_host = torch.zeros(accum, dtype=torch.float32, pin_memory=cuda)
+            forward_done = torch.cuda.Event() if cuda else None
             n_timed = 0
             t_last = time.perf_counter()
+            ahead = fetch()
             # throughput excludes the first steps (lazy init, autotuning) when the run is long enough
             warm_until = step + min(5, (self.steps - step) // 4)
             stop_sum = None            # the ranks' stop flags, summed while the previous step ran
+            # COVIDNETX_CUDA_SYNC_DEBUG=warn|error: torch flags every operation in the training loop that
+            # makes the host wait for the GPU (the step itself should have none; Horovod's wait for the
+            # allreduce is not a torch operation)
+            sync_debug = os.environ.get("COVIDNETX_CUDA_SYNC_DEBUG", "") if cuda else ""
+            if sync_debug:
+                torch.cuda.set_sync_debug_mode(sync_debug)
             while step < self.steps:
                 if step == warm_until:
                     t_last, n_timed = time.perf_counter(), 0
@@ -367,36 +404,39 @@ class Trainer:
                            schedule=cfg.optim.schedule, decay_at=self.decay_at)
                 for g in self.opt.param_groups:
                     g["lr"] = lr
-                loss_sum = 0.0
-                for micro in range(cfg.optim.accum_steps):
-                    t0 = time.perf_counter()
-                    b = next(loader)
-                    x = normalize(b["image"], self.pp, self.device)
-                    y = b["label"]
+                t_step, data_before = time.perf_counter(), t_data
+                for micro in range(accum):
+                    x, y = ahead
                     if self.mixup > 0:
                         x, perm, lam = mixup_batch(x, self.mixup, [cfg.seed, step, micro, dist.rank])
-                    t1 = time.perf_counter()
                     with self._autocast():
                         logits = self.model(x)
                     if self.mixup > 0:
-                        loss = self._mixed_loss(logits, y, perm.cpu(), lam)
+                        loss = self._mixed_loss(logits, y, perm, lam)
                     else:
                         loss = self._loss(logits, y)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"non-finite loss ({loss.item()}) at step {step}, rank {dist.rank}")
-                    scaled = loss / cfg.optim.accum_steps
+                    loss_host[micro].copy_(loss.detach().float(), non_blocking=True)
+                    if forward_done is not None:
+                        forward_done.record()
+                    scaled = loss / accum
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                    loss_sum += loss.item()
-                    t_data += t1 - t0
-                    t_comp += time.perf_counter() - t1
+                    ahead = fetch()
+                if forward_done is not None:
+                    forward_done.synchronize()       # the last forward pass, not the backward passes after it
+                losses = loss_host.tolist()
+                for v in losses:
+                    if not np.isfinite(v):
+                        raise FloatingPointError(f"non-finite loss ({v}) at step {step}, rank {dist.rank}")
+                loss_sum = sum(losses)
                 self._step()
+                t_comp += time.perf_counter() - t_step - (t_data - data_before)
                 step += 1
                 samples += self.global_batch
                 n_timed += 1
                 if dist.is_primary and (step % cfg.log_every == 0 or step == self.steps):
                     now = time.perf_counter()
                     ips = n_timed * self.global_batch / max(1e-9, now - t_last)
-                    writer.add_scalar("train/loss", loss_sum / cfg.optim.accum_steps, step)
+                    writer.add_scalar("train/loss", loss_sum / accum, step)
                     writer.add_scalar("train/lr", lr, step)
                     writer.add_scalar("train/img_per_s", ips, step)
                     writer.add_scalar("train/data_time_frac", t_data / max(1e-9, t_data + t_comp), step)
@@ -406,6 +446,8 @@ class Trainer:
                     m = self.evaluate(step)
                     if dist.is_primary:
                         self._log_eval(writer, m, step, results, samples, 0.0, final=False)
+            if sync_debug:
+                torch.cuda.set_sync_debug_mode(0)
             if stop_sum is not None:
                 stop_sum()             # a signal during the last step: the run is complete anyway
             elapsed = time.perf_counter() - t_last
