@@ -73,7 +73,7 @@ def worker(args) -> None:
                               steps=args.warmup + args.iters, device="gpu" if dev.type == "cuda" else "cpu",
                               torch_device=dev)
     def fetch():
-        from covidnetx.train.engine import to_device
+        from covidnetx.dist import to_device
         bt = next(batches)
         xb = normalize(to_device(bt["image"], dev), pp)
         if dev.type == "cuda":

@@ -68,6 +68,14 @@ class Dist:
         pass
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without stalling the host: to a GPU through pinned memory and an
+    asynchronous copy (a copy from pageable memory waits for the device's queue to drain first)."""
+    if device.type != "cuda" or t.device.type == "cuda":
+        return t.to(device)
+    return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+
+
 def _pick_device(local_rank: int, want: str) -> torch.device:
     if want == "cpu" or not torch.cuda.is_available():
         if want == "cuda":
@@ -177,7 +185,7 @@ class TorchDist(Dist):
         super().__init__(world, device)
 
     def _t(self, x):
-        return torch.as_tensor(x).to(self.device)
+        return to_device(torch.as_tensor(x), self.device)
 
     def allreduce_sum(self, x):
         t = self._t(np.asarray(x, dtype=np.float64))
@@ -187,10 +195,23 @@ class TorchDist(Dist):
     def allreduce_sum_async(self, x):
         t = self._t(np.asarray(x, dtype=np.float64))
         work = self.td.all_reduce(t, async_op=True)
+        if t.is_cuda:
+            # NCCL: the current stream (not the host) waits for the sum, which is copied back to pinned
+            # memory at once; reading it later waits for that copy alone, not for the step queued after it
+            work.wait()
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            host.copy_(t, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record()
+
+            def finish_cuda():
+                copied.synchronize()
+                return host.numpy()
+            return finish_cuda
 
         def finish():
             work.wait()
-            return t.cpu().numpy()
+            return t.numpy()
         return finish
 
     def allgather(self, x):

@@ -28,6 +28,7 @@ from torch import nn
 
 from covidnetx import config as C
 from covidnetx.data.loader import Preprocess, make_loader, normalize
+from covidnetx.dist import to_device
 from covidnetx.eval.metrics import all_metrics, bootstrap_ci, confusion, from_confusion
 from covidnetx.models import count_params, create_model, flops_per_sample, load_weights
 from covidnetx.results import append_row
@@ -153,13 +154,6 @@ def mixup_batch(x: torch.Tensor, alpha: float, key: list) -> tuple:
     perm = to_device(torch.as_tensor(rng.permutation(x.shape[0])), x.device)
     return x.mul(lam).add_(x[perm], alpha=1.0 - lam), perm, lam
 
-
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on ``device`` without stalling the host: to a GPU through pinned memory and an
-    asynchronous copy (a copy from pageable memory waits for the device's queue to drain first)."""
-    if device.type != "cuda" or t.device.type == "cuda":
-        return t.to(device)
-    return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
 
 
 class Trainer:
