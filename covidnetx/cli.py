@@ -20,7 +20,7 @@ SUBCOMMANDS = {
     "sweep": ("covidnetx.sweep", "expand a sweep file into runs; execute locally or as a chain of Slurm jobs"),
     "fit": ("covidnetx.scaling.fitcmd", "fit scaling laws (saturating power law, bootstrap CIs) to a results table"),
     "report": ("covidnetx.scaling.report", "write the Markdown report: tables, fits, plots"),
-    "bench": ("covidnetx.bench", "run a benchmark from benchmarks/ (pack, loader, train, allreduce, project, gpu_check)"),
+    "bench": ("covidnetx.bench", "run a benchmark from benchmarks/ (pack, loader, train, allreduce, scaling, project, gpu_check)"),
     "demo": ("covidnetx.demo", "the main job on the built-in default (or given) data"),
 }
 

@@ -12,6 +12,8 @@ def test_help_lists_every_subcommand(capsys):
     out = capsys.readouterr().out
     for name in SUBCOMMANDS:
         assert name in out
+    from covidnetx.bench import NAMES
+    assert all(b in SUBCOMMANDS["bench"][1] for b in NAMES)          # every benchmark named in the help
     exe = Path(sys.executable).with_name("covidnetx")
     r = subprocess.run([str(exe), "pack", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--encoding" in r.stdout and "--skip-bad" in r.stdout
