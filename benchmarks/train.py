@@ -42,8 +42,10 @@ def worker(args) -> None:
     model = create_model(args.model, 3)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev).train()
+    # channels-last input (NHWC; cuDNN takes the layout from the input), contiguous parameters: Horovod
+    # refuses channels-last tensors ("Tensor is required to be contiguous"), and the engine does the same
+    cl = args.channels_last == "on" or (args.channels_last == "auto" and dev.type == "cuda")
     if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     rank, size = 0, 1
@@ -59,7 +61,7 @@ def worker(args) -> None:
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if args.precision == "bf16" else None
     if args.data == "synthetic":
         x = torch.randn(b, args.channels, args.size, args.size, device=dev)
-        if dev.type == "cuda":
+        if cl:
             x = x.contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 3, (b,), device=dev)
         batches = None
@@ -76,8 +78,7 @@ def worker(args) -> None:
         from covidnetx.dist import to_device
         bt = next(batches)
         xb = normalize(to_device(bt["image"], dev), pp)
-        if dev.type == "cuda":
-            xb = xb.contiguous(memory_format=torch.channels_last)
+        xb = xb.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
         return xb, to_device(bt["label"], dev)
     # as in the engine: the next batch is fetched after the backward pass is queued (on a GPU, while it
     # runs), then the optimizer steps; one synchronisation per step, at its end, for the step time
@@ -254,6 +255,8 @@ def main(argv=None) -> int:
     ap.add_argument("--block-steps", type=int, default=4,
                     help="steps per phase and block at --size (scaled down by the area at --big-size, at least 2)")
     ap.add_argument("--fp16-allreduce", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
+                    help="channels-last input (auto: on a GPU)")
     args = ap.parse_args(argv)
     if args.worker == "interleaved":
         interleaved_worker(args)

@@ -84,6 +84,9 @@ def _pick_device(local_rank: int, want: str) -> torch.device:
     # Horovod/torch: pin the device by local rank
     n = torch.cuda.device_count()
     torch.cuda.set_device(local_rank % n)
+    # batches have fixed shapes (training steps, and evaluation blocks padded to whole batches): let cuDNN
+    # time its algorithms once per shape and keep the fastest
+    torch.backends.cudnn.benchmark = True
     return torch.device("cuda", local_rank % n)
 
 

@@ -181,3 +181,21 @@ def test_gpu_check_runs_on_a_cpu_except_its_gpu_only_steps(tmp_path):
     assert set(rows) == {"resnet_w4-bf16-synthetic", "resnet_w4-bf16-hdf5-torch-w1", "resnet_w4-bf16-hdf5-dali-w0",
                          "resnet_w4-bf16-hdf5-dali-w1"} and min(rows.values()) > 0
     assert (tmp_path / "out" / "gpu_check.log").stat().st_size > 0
+
+
+def test_train_worker_with_channels_last_input_under_horovod(tmp_path):
+    """The step benchmark's Horovod worker as jobscripts/scaling.sbatch runs it on GPUs, where the input is
+    channels-last: with channels-last parameters Horovod's broadcast refuses them ("Tensor is required to
+    be contiguous"), so only the input takes that layout. Forced on here (a CPU) under mpirun -np 2."""
+    need_mpirun()
+    pytest.importorskip("horovod.torch", reason="horovod not installed (make setup builds it)")
+    from covidnetx.launch import mpirun_cmd
+    r = subprocess.run(mpirun_cmd(2) + [sys.executable, str(REPO / "benchmarks" / "train.py"), "--worker", "hvd",
+                                        "--channels-last", "on", "--model", "resnet_w4", "--size", "32", "--batch", "4",
+                                        "--iters", "3", "--warmup", "1", "--channels", "3"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    [line] = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
+    import json
+    d = json.loads(line[7:])
+    assert d["size"] == 2 and len(d["times"]) == 3 and len(d["allreduce_times"]) == 10
