@@ -8,7 +8,8 @@ their own checkpoints. Pre-training runs are shared by all transfer runs that st
 local executor: one launcher invocation per stage (``mpirun -np NP covidnetx runs ...``), then fit and
 report in-process. slurm executor: renders a job chain into OUT/jobs/ -- [pack] -> pretrain (array, one
 task per pre-training run, NODES nodes each) -> transfer (array) -> report -- linked by afterok
-dependencies, and submits it with sbatch (--dry-run prints the scripts instead).
+dependencies, and submits it with sbatch (--dry-run prints the scripts instead). --status shows how far
+the runs are (done / checkpointed / started / not started) and exits 0 only when all are done.
 """
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     p.add_argument("--dry-run", action="store_true", help="print what would run (local) or the job scripts (slurm)")
     p.add_argument("--np", dest="nprocs", type=int, default=None, help="processes per run (local; overrides np)")
     p.add_argument("--stage", choices=("all", "pretrain", "transfer", "report"), default="all")
+    p.add_argument("--status", action="store_true",
+                   help="show which runs are done, checkpointed, started or not started (from the run "
+                        "directories, under either executor); exit 0 when every run is done, else 1")
     return p
 
 
@@ -145,6 +149,54 @@ def _done(sw, run_names) -> bool:
     return all((runs / n / "done.json").is_file() for n in run_names)
 
 
+def run_state(run_dir: Path, now: float) -> tuple:
+    """(state, detail) of one run directory: done | checkpointed | started | not started."""
+    import json
+    if (run_dir / "done.json").is_file():
+        return "done", ""
+    if not run_dir.is_dir():
+        return "not started", ""
+    files = [f for f in run_dir.rglob("*") if f.is_file()]
+    last = max((f.stat().st_mtime for f in files), default=run_dir.stat().st_mtime)
+    ago = now - last
+    activity = f"last write {ago / 3600:.1f} h ago" if ago >= 3600 else f"last write {ago / 60:.0f} min ago"
+    try:
+        prog = json.loads((run_dir / "progress.json").read_text())
+        return "checkpointed", f"step {prog['step']} of {prog['total_steps']}, {activity}"
+    except (OSError, ValueError, KeyError):
+        pass
+    if (run_dir / "last.ckpt").is_file():
+        return "checkpointed", f"step unknown, {activity}"
+    return "started", f"no checkpoint yet, {activity}"
+
+
+def status(sw: dict, pre, tr, out=None) -> int:
+    """Print the state of every run of the sweep; 0 when all are done, 1 otherwise."""
+    import time
+    out = out or sys.stdout
+    runs, now = Path(sw["out_dir"]) / "runs", time.time()
+    order = ("done", "checkpointed", "started", "not started")
+    total_done = total = 0
+    print(f"sweep {sw['name']} ({sw['out_dir']}):", file=out)
+    for stage, names in (("pretrain", [n for n, _ in pre]), ("transfer", [s for *_, subs in tr for s in subs])):
+        states = {n: run_state(runs / n, now) for n in names}
+        counts = {k: sum(1 for v in states.values() if v[0] == k) for k in order}
+        print(f"  {stage}: {len(names)} runs: " + ", ".join(f"{counts[k]} {k}" for k in order if counts[k]), file=out)
+        for n, (state, detail) in states.items():
+            if state in ("checkpointed", "started"):
+                print(f"    {state:<12} {n}: {detail}", file=out)
+        waiting = [n for n, v in states.items() if v[0] == "not started"]
+        if waiting:
+            print(f"    not started: {', '.join(waiting[:8])}" + (f" and {len(waiting) - 8} more" if len(waiting) > 8 else ""),
+                  file=out)
+        total_done += counts["done"]
+        total += len(names)
+    res = Path(sw["out_dir"]) / "results.jsonl"
+    n_rows = sum(1 for line in res.open() if line.strip()) if res.is_file() else 0
+    print(f"  {total_done} of {total} runs done; {res}: {n_rows} result row(s)", file=out)
+    return 0 if total_done == total else 1
+
+
 def run_local(sw: dict, pre, tr, paths, nprocs: int, stage: str, dry: bool) -> int:
     from covidnetx.launch import mpirun_cmd
     todo_pre = [paths[n] for n, _ in pre if not _done(sw, [n])]
@@ -177,6 +229,8 @@ def run(args) -> int:
     try:
         sw = load_sweep(args.sweep)
         pre, tr = expand(sw)
+        if args.status:                  # a query: writes nothing
+            return status(sw, pre, tr)
         paths = write_configs(sw, pre, tr)
     except UserError as e:
         print(f"covidnetx sweep: error: {e}", file=sys.stderr)

@@ -102,3 +102,34 @@ def test_juwels_template_requires_account(tmp_path):
     pre, tr = expand(sw)
     with pytest.raises(UserError, match="slurm.account is required"):
         render_chain(sw, pre, tr, {})
+
+
+def test_status_reports_each_run_and_exits_1_until_all_are_done(tmp_path, capsys):
+    import json
+    import time
+    from covidnetx.sweep import main
+    path = _sweep(tmp_path, transfer={"regimes": ["full"], "config": {"optim": {"steps": 5}}})
+    sw = load_sweep(str(path))
+    pre, tr = expand(sw)
+    runs = Path(sw["out_dir"]) / "runs"
+    # pre[0] done, pre[1] checkpointed at step 4 (written 2 hours ago), pre[2] started without a checkpoint
+    for name, _ in pre[:3]:
+        (runs / name).mkdir(parents=True)
+        (runs / name / "config.yaml").write_text("x")
+    (runs / pre[0][0] / "done.json").write_text("{}")
+    (runs / pre[1][0] / "progress.json").write_text(json.dumps({"step": 4, "total_steps": 10}))
+    old = time.time() - 7200
+    for f in (runs / pre[1][0]).iterdir():
+        os.utime(f, (old, old))
+    assert main([str(path), "--status"]) == 1
+    out = capsys.readouterr().out
+    assert f"pretrain: {len(pre)} runs: 1 done, 1 checkpointed, 1 started, {len(pre) - 3} not started" in out
+    assert f"checkpointed {pre[1][0]}: step 4 of 10, last write 2.0 h ago" in out
+    assert f"started      {pre[2][0]}: no checkpoint yet, last write 0 min ago" in out
+    assert f"transfer: {len(tr)} runs: {len(tr)} not started" in out and f"1 of {len(pre) + len(tr)} runs done" in out
+    assert not (Path(sw["out_dir"]) / "configs").exists()          # a query writes nothing
+    for name in [n for n, _ in pre] + [s for *_, subs in tr for s in subs]:
+        (runs / name).mkdir(parents=True, exist_ok=True)
+        (runs / name / "done.json").write_text("{}")
+    assert main([str(path), "--status"]) == 0
+    assert f"{len(pre) + len(tr)} of {len(pre) + len(tr)} runs done" in capsys.readouterr().out

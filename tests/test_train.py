@@ -28,6 +28,8 @@ def test_pretrain_then_transfer_single_process(packed, tmp_path, capsys):
         assert (run / f).is_file()
     ck = torch.load(run / "last.ckpt", weights_only=False)
     assert ck["step"] == 80 and "resnet_w4" in ck["config"] and len(ck["class_names"]) == 10
+    prog = json.loads((run / "progress.json").read_text())           # progress without loading the checkpoint
+    assert prog["step"] == 80 and prog["total_steps"] == 80 and prog["samples_seen"] == ck["samples_seen"]
     rows = load_results(out / "results.jsonl")
     assert len(rows) == 1 and all(k in rows[0] for k in REQUIRED_FIELDS)
     r = rows[0]

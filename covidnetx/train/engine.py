@@ -38,6 +38,7 @@ from covidnetx.utils import UserError, atomic_write_bytes
 EXIT_REQUEUE = 75           # EX_TEMPFAIL: "saved, run me again"
 CKPT = "last.ckpt"
 DONE = "done.json"
+PROGRESS = "progress.json"
 
 
 class Interrupted(Exception):
@@ -276,6 +277,10 @@ class Trainer:
                      "samples_seen": samples_seen, "class_names": self.class_names, "config": C.dump(self.cfg),
                      "scaler": self.scaler.state_dict() if self.scaler else None, "meta": self.meta_for_ckpt(step, samples_seen)}
             atomic_torch_save(state, self.run_dir / CKPT)
+            # a few bytes beside the checkpoint, so progress can be read without loading it
+            from covidnetx.utils import atomic_write_json
+            atomic_write_json(self.run_dir / PROGRESS, {"step": step, "total_steps": self.steps,
+                                                        "samples_seen": samples_seen, "time": time.time()})
         self.dist.barrier()
 
     def meta_for_ckpt(self, step, samples_seen) -> dict:
