@@ -20,7 +20,6 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -33,7 +32,7 @@ from covidnetx.eval.metrics import all_metrics, bootstrap_ci, confusion, from_co
 from covidnetx.models import count_params, create_model, flops_per_sample, load_weights
 from covidnetx.results import append_row
 from covidnetx.train.schedule import bit_hyperrule, lr_at
-from covidnetx.utils import UserError, atomic_write_bytes
+from covidnetx.utils import UserError, atomic_write_bytes, atomic_write_json
 
 EXIT_REQUEUE = 75           # EX_TEMPFAIL: "saved, run me again"
 CKPT = "last.ckpt"
@@ -278,7 +277,6 @@ class Trainer:
                      "scaler": self.scaler.state_dict() if self.scaler else None, "meta": self.meta_for_ckpt(step, samples_seen)}
             atomic_torch_save(state, self.run_dir / CKPT)
             # a few bytes beside the checkpoint, so progress can be read without loading it
-            from covidnetx.utils import atomic_write_json
             atomic_write_json(self.run_dir / PROGRESS, {"step": step, "total_steps": self.steps,
                                                         "samples_seen": samples_seen, "time": time.time()})
         self.dist.barrier()
@@ -456,7 +454,6 @@ class Trainer:
             metrics["ranks_in_sync"] = self.ranks_in_sync()
             if dist.is_primary:
                 row = self._log_eval(writer, metrics, step, results, samples, img_per_s, final=True)
-                from covidnetx.utils import atomic_write_json
                 atomic_write_json(self.run_dir / DONE, row)
                 print(f"[{self.run_dir.name}] done at step {step}: " + ", ".join(
                     f"{k} {metrics[k]:.4f}" for k in ("accuracy", "balanced_accuracy", "auc")
