@@ -29,7 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import hardware_tag, machine_line, mean_ci, write_csv  # noqa: E402
 
