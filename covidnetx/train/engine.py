@@ -155,7 +155,6 @@ def mixup_batch(x: torch.Tensor, alpha: float, key: list) -> tuple:
     return x.mul(lam).add_(x[perm], alpha=1.0 - lam), perm, lam
 
 
-
 class Trainer:
     def __init__(self, cfg: C.Config, dist, train_view, eval_view, run_dir: Path, meta: dict):
         self.cfg, self.dist, self.train_view, self.eval_view = cfg, dist, train_view, eval_view
