@@ -15,6 +15,16 @@ def mean_ci(xs) -> tuple:
     return m, (1.96 * statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def pooled_cv(launches: list) -> float:
+    """Coefficient of variation of step times within launches (variances pooled over launches of two or
+    more steps, divided by the overall mean), so drift between launches does not count."""
+    groups = [t for t in launches if len(t) > 1]
+    if not groups:
+        return 0.0
+    var = statistics.fmean(statistics.variance(t) for t in groups)
+    return var ** 0.5 / statistics.fmean(x for t in groups for x in t)
+
+
 def hardware_tag() -> str:
     try:
         import torch

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import hardware_tag, machine_line, mean_ci, write_csv  # noqa: E402
+from benchmarks.common import hardware_tag, machine_line, mean_ci, pooled_cv, write_csv  # noqa: E402
 from benchmarks.train import run_worker  # noqa: E402
 
 
@@ -71,16 +71,6 @@ def main(argv=None) -> int:
                   f"bench-scaling-{hardware_tag()}-{args.precision}-{args.model}-np{'-'.join(map(str, counts))}",
                   args.model, args.size)
     return 0
-
-
-def pooled_cv(launches: list) -> float:
-    """Coefficient of variation of step times within launches (variances pooled over launches of two or
-    more steps, divided by the overall mean)."""
-    groups = [t for t in launches if len(t) > 1]
-    if not groups:
-        return 0.0
-    var = statistics.fmean(statistics.variance(t) for t in groups)
-    return var ** 0.5 / statistics.fmean(x for t in groups for x in t)
 
 
 def write_outputs(res: dict, counts: list, batch: int, out: Path, stem: str, model: str, size: int) -> list:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import hardware_tag, machine_line, mean_ci, write_csv  # noqa: E402
+from benchmarks.common import hardware_tag, machine_line, mean_ci, pooled_cv, write_csv  # noqa: E402
 
 
 def worker(args) -> None:
@@ -334,6 +334,18 @@ def main(argv=None) -> int:
     print(f"  per step (CPU timing): optimizer step incl. the wait for gradients {ms(res['hvd1'], 'step_times'):.0f} ms "
           f"at np=1, {ms(res['hvd2'], 'step_times'):.0f} ms at np=2; the same gradients' allreduce alone "
           f"{1e3 * statistics.fmean(ar) if ar else float('nan'):.0f} ms (a wait beyond that is the slower rank)")
+    if ar:
+        # where np=2 loses against np=1, by the performance model (covidnetx/perfmodel.py, as benchmarks/scaling.py)
+        from covidnetx.perfmodel import efficiency, straggler_time
+        t1, t_shared = ms(res["hvd1"], "times") / 1e3, ms(res["plain2"], "times") / 1e3
+        cv = pooled_cv([r["times"] for r in res["hvd1"]])
+        wait = straggler_time(t1, cv, 2)
+        model = efficiency(t_shared, statistics.fmean(ar), t_wait=wait) * t1 / t_shared
+        print(f"  performance model of np=2 / np=1: contention {100 * t1 / t_shared:.1f}% (two plain loops at once), "
+              f"waiting for the slower rank {1e3 * wait:.1f} ms (np=1 step-time variation {100 * cv:.1f}%), allreduce "
+              f"{1e3 * statistics.fmean(ar):.1f} ms: {100 * model:.1f}% predicted, "
+              f"{100 * statistics.fmean(rate(res['hvd2'])) / statistics.fmean(rate(res['hvd1'])):.1f}% measured "
+              f"(ratio of the mean rates over all repeats)")
     work = Path(args.work)
     for enc, loader in (("raw", "torch"), ("raw", "dali"), ("png", "torch"), ("png", "dali")):
         data = ensure_packed(work, args.images, args.src_size, enc)
