@@ -130,14 +130,16 @@ def interleaved_worker(args) -> None:
     """(CPU, synthetic data, fp32) np=1 and np=2 Horovod steps alternating inside one ``mpirun -np 2`` job, so that a slow spell of a
     shared machine hits both alike. Solo phase: rank 0 steps a model whose DistributedOptimizer reduces
     over the process set {0} (Horovod at size 1) while rank 1 sleeps in a barrier; pair phase: both ranks
-    step a second model reduced over both. Each block runs both phases (order alternating) and yields one
-    ratio solo/pair of mean step times."""
+    step a second model reduced over both; shared phase: each rank steps its own model reduced over its own
+    process set ({0} and {1}: Horovod at size 1 on both ranks at once, no communication between them, so
+    what the two ranks cost each other). Each block runs the three phases (order rotating) and yields the
+    ratios solo/pair (efficiency) and solo/shared (contention) of mean step times."""
     import torch
     torch.set_num_threads(args.threads)
     import horovod.torch as hvd
     from covidnetx.models import create_model
-    solo = hvd.ProcessSet([0])
-    hvd.init(process_sets=[solo])
+    solo, solo1 = hvd.ProcessSet([0]), hvd.ProcessSet([1])
+    hvd.init(process_sets=[solo, solo1])
     if hvd.size() != 2:
         raise SystemExit(f"--worker interleaved runs under mpirun -np 2, not {hvd.size()} rank(s)")
     rank = hvd.rank()
@@ -159,7 +161,7 @@ def interleaved_worker(args) -> None:
                                                named_parameters=[(prefix + n, p) for n, p in model.named_parameters()])
     pair = build("pair.", hvd.global_process_set)
     hvd.broadcast_parameters(pair[0].state_dict(), root_rank=0)
-    alone = build("solo.", solo) if rank == 0 else None
+    alone = build("solo.", solo) if rank == 0 else build("solo1.", solo1)
 
     def steps(mo, n):
         model, opt = mo
@@ -177,19 +179,19 @@ def interleaved_worker(args) -> None:
         t = []
         if which == "pair":
             t = steps(pair, n)
-        elif rank == 0:
+        elif which == "shared" or rank == 0:
             t = steps(alone, n)
         quiet_barrier()              # the idle rank sleeps here during the solo phase
         return t
 
-    phase("solo", args.warmup)
-    phase("pair", args.warmup)
+    for w in ("solo", "pair", "shared"):
+        phase(w, args.warmup)
     k = max(1, args.iters // args.blocks)
     blocks = []
+    phases = ("solo", "pair", "shared")
     for b in range(args.blocks):
-        order = ("solo", "pair") if b % 2 == 0 else ("pair", "solo")
-        got = {w: phase(w, k) for w in order}
-        blocks.append({"solo": got["solo"], "pair": got["pair"]})
+        got = {w: phase(w, k) for w in phases[b % 3:] + phases[:b % 3]}
+        blocks.append({w: got[w] for w in phases})
     if rank == 0:
         print("RESULT " + json.dumps({"blocks": blocks, "batch": args.batch, "model": args.model,
                                       "image_size": args.size, "device": hardware_tag()}), flush=True)
@@ -313,16 +315,20 @@ def main(argv=None) -> int:
     print(f"  two processes sharing this machine without communicating reach {pct(paired('plain2', 'plain'))} "
           f"(contention); np=2 reaches {pct(paired('hvd2', 'plain2'))} of that bound (communication)")
     # the same ratio with np=1 and np=2 phases alternating inside one job: drift between launches cancels
+    inter = {}
     for sz in [args.size] + ([big] if big and big != args.size else []):
         k = max(2, args.block_steps * args.size * args.size // (sz * sz))
         r = run_worker("interleaved", 2, "synthetic", "torch", args, size=sz, iters=k * args.blocks)
         effs = sorted(statistics.fmean(b["solo"]) / statistics.fmean(b["pair"]) for b in r["blocks"])
+        cont = sorted(statistics.fmean(b["solo"]) / statistics.fmean(b["shared"]) for b in r["blocks"])
         solo_rate = mean_ci([args.batch / t for b in r["blocks"] for t in b["solo"]])
         pair_rate = mean_ci([args.batch / t for b in r["blocks"] for t in b["pair"]])
         sep = stats["hvd1" if sz == args.size else "big1"][0]
         print(f"weak-scaling efficiency np=2 / np=1, {sz}px, interleaved in one mpirun -np 2 job ({len(effs)} blocks "
               f"of {k} steps per phase): {pct((statistics.median(effs), effs[0], effs[-1]), 'blocks')} "
-              f"(target >= 90%); its np=1 phase {solo_rate[0]:.1f} img/s vs {sep:.1f} in the separate np=1 runs")
+              f"(target >= 90%); its np=1 phase {solo_rate[0]:.1f} img/s vs {sep:.1f} in the separate np=1 runs; "
+              f"two np=1 loops at once (no communication) in the same blocks {pct((statistics.median(cont), cont[0], cont[-1]), 'blocks')}")
+        inter.setdefault(sz, r["blocks"])
         for what, (m, c) in (("solo-interleaved", solo_rate), ("pair-interleaved", pair_rate)):
             rows.append({"what": what, "data": "synthetic", "image_size": sz, "img_per_s_per_proc": round(m, 2),
                          "ci95": round(c, 2), "data_frac": 0.0})
@@ -334,18 +340,23 @@ def main(argv=None) -> int:
     print(f"  per step (CPU timing): optimizer step incl. the wait for gradients {ms(res['hvd1'], 'step_times'):.0f} ms "
           f"at np=1, {ms(res['hvd2'], 'step_times'):.0f} ms at np=2; the same gradients' allreduce alone "
           f"{1e3 * statistics.fmean(ar) if ar else float('nan'):.0f} ms (a wait beyond that is the slower rank)")
-    if ar:
-        # where np=2 loses against np=1, by the performance model (covidnetx/perfmodel.py, as benchmarks/scaling.py)
+    if ar and args.size in inter:
+        # where np=2 loses against np=1, by the performance model (covidnetx/perfmodel.py, as benchmarks/scaling.py),
+        # from the interleaved blocks (no drift between launches): the np=1 phase's step time and its variation
+        # within blocks, the shared phase's step time (contention), the allreduce measured alone
         from covidnetx.perfmodel import efficiency, straggler_time
-        t1, t_shared = ms(res["hvd1"], "times") / 1e3, ms(res["plain2"], "times") / 1e3
-        cv = pooled_cv([r["times"] for r in res["hvd1"]])
+        blocks = inter[args.size]
+
+        def mean_step(w):
+            return statistics.fmean(t for b in blocks for t in b[w])
+        t1, t_shared, t2 = mean_step("solo"), mean_step("shared"), mean_step("pair")
+        cv = pooled_cv([b["solo"] for b in blocks])
         wait = straggler_time(t1, cv, 2)
         model = efficiency(t_shared, statistics.fmean(ar), t_wait=wait) * t1 / t_shared
-        print(f"  performance model of np=2 / np=1: contention {100 * t1 / t_shared:.1f}% (two plain loops at once), "
-              f"waiting for the slower rank {1e3 * wait:.1f} ms (np=1 step-time variation {100 * cv:.1f}%), allreduce "
-              f"{1e3 * statistics.fmean(ar):.1f} ms: {100 * model:.1f}% predicted, "
-              f"{100 * statistics.fmean(rate(res['hvd2'])) / statistics.fmean(rate(res['hvd1'])):.1f}% measured "
-              f"(ratio of the mean rates over all repeats)")
+        print(f"  performance model of np=2 / np=1, {args.size}px, interleaved blocks: contention {100 * t1 / t_shared:.1f}% "
+              f"(two np=1 loops at once), waiting for the slower rank {1e3 * wait:.1f} ms (np=1 step-time variation "
+              f"{100 * cv:.1f}%), allreduce {1e3 * statistics.fmean(ar):.1f} ms: {100 * model:.1f}% predicted, "
+              f"{100 * t1 / t2:.1f}% measured (ratio of the mean step times)")
     work = Path(args.work)
     for enc, loader in (("raw", "torch"), ("raw", "dali"), ("png", "torch"), ("png", "dali")):
         data = ensure_packed(work, args.images, args.src_size, enc)

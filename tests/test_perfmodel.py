@@ -199,3 +199,25 @@ def test_train_worker_with_channels_last_input_under_horovod(tmp_path):
     import json
     d = json.loads(line[7:])
     assert d["size"] == 2 and len(d["times"]) == 3 and len(d["allreduce_times"]) == 10
+
+
+def test_train_benchmark_end_to_end_at_tiny_sizes(tmp_path):
+    """benchmarks/train.py as `make bench` runs it, at tiny sizes: every row of its table (plain, Horovod
+    np=1/np=2, fp16 allreduce, interleaved phases, HDF5 through both loaders and both encodings) in the CSV,
+    and the interleaved run's contention and performance-model lines printed."""
+    need_mpirun()
+    pytest.importorskip("horovod.torch", reason="horovod not installed (make setup builds it)")
+    pytest.importorskip("nvidia.dali", reason="nvidia-dali not installed (make setup installs it)")
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train.py"), "--model", "resnet_w4", "--size", "32",
+                        "--batch", "4", "--iters", "6", "--repeats", "1", "--no-loaders", "--images", "64",
+                        "--src-size", "40", "--big-size", "0", "--blocks", "3", "--work", str(tmp_path / "work"),
+                        "--out", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    [path] = tmp_path.glob("bench-train-fp32-*-resnet_w4.csv")
+    rows = {(x["what"], x["data"]) for x in csv.DictReader(path.open())}
+    assert {("plain", "synthetic"), ("hvd1", "synthetic"), ("plain2", "synthetic"), ("hvd2", "synthetic"),
+            ("hvd2fp16", "synthetic"), ("solo-interleaved", "synthetic"), ("pair-interleaved", "synthetic"),
+            ("hvd1-torch", "raw"), ("hvd1-dali", "raw"), ("hvd1-torch", "png"), ("hvd1-dali", "png")} == rows
+    assert "interleaved in one mpirun -np 2 job (3 blocks" in r.stdout
+    assert "two np=1 loops at once (no communication) in the same blocks" in r.stdout
+    assert "performance model of np=2 / np=1, 32px, interleaved blocks: contention" in r.stdout
