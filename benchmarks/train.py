@@ -11,7 +11,9 @@ Prints, each as img/s per process (mean ± 1.96σ over timed iterations after wa
      machine (shared cores, caches and memory bandwidth) and so splits the loss into contention and
      communication. Ratios are taken within each repeat (back-to-back runs), then the median; and once
      more with np=1 and np=2 phases alternating inside one mpirun -np 2 job (Horovod process set {0}
-     for the np=1 phase while rank 1 sleeps), the ratio taken per block, so drift cannot bias it;
+     for the np=1 phase while rank 1 sleeps), the ratio taken per block, so drift cannot bias it, with a
+     third phase in which both ranks run Horovod at size 1 at once (contention, no communication); from
+     these blocks and the allreduce alone, the performance model's prediction (covidnetx/perfmodel.py);
   3. Horovod np=1 fed from packed HDF5 by the torch loader and by DALI (CPU), with data time (the next
      batch is fetched after the backward pass is queued, as in the engine: on a GPU it overlaps) and
      compute time split, so an input-pipeline bottleneck shows.
