@@ -23,7 +23,7 @@ test: setup
 demo: setup
 	$(VENV)/bin/covidnetx demo --out demo_out
 
-# every CPU benchmark with its default small sizes, each printing its table (~14 minutes on 2 cores);
+# every CPU benchmark with its default small sizes, each printing its table (~16 minutes on 2 cores);
 # on a GPU node: $(PY) benchmarks/gpu_check.py
 bench: setup
 	$(PY) benchmarks/pack.py
