@@ -77,7 +77,7 @@ def write_outputs(res: dict, counts: list, batch: int, out: Path, stem: str, mod
     """Efficiencies relative to the smallest count, the model's predictions beside them; CSV, Markdown
     table and PNG plot named ``stem``. ``res[n]``: weak_step, weak_ci, allreduce (s), strong_step or None,
     step_cv (the smallest count's is the straggler model's input), shared_step (N plain loops at once) or None."""
-    from covidnetx.perfmodel import efficiency, straggler_time
+    from covidnetx.perfmodel import efficiency, shared_efficiency, straggler_time
     base = res[counts[0]]
     cv = base.get("step_cv", 0.0)
     rows = []
@@ -96,7 +96,7 @@ def write_outputs(res: dict, counts: list, batch: int, out: Path, stem: str, mod
         # compute time at n: n plain loops at once where measured (contention), else the base step
         t_n = r.get("shared_step") or base["weak_step"]
         contention = base["weak_step"] / t_n
-        pred_full = efficiency(t_n, r["allreduce"], overlap=0.0, t_wait=wait) * contention
+        pred_full = shared_efficiency(base["weak_step"], t_n, r["allreduce"], t_wait=wait)
         lines.append(f"| {n} | {thr:.1f} ± {r['weak_ci']:.1f} | {100 * weak_eff:.0f}% | "
                      f"{'—' if strong_eff is None else f'{100 * strong_eff:.0f}%'} | "
                      f"{1e3 * r['allreduce']:.1f} | {100 * pred:.0f}% | "

@@ -330,7 +330,7 @@ def main(argv=None) -> int:
               f"of {k} steps per phase): {pct((statistics.median(effs), effs[0], effs[-1]), 'blocks')} "
               f"(target >= 90%); its np=1 phase {solo_rate[0]:.1f} img/s vs {sep:.1f} in the separate np=1 runs; "
               f"two np=1 loops at once (no communication) in the same blocks {pct((statistics.median(cont), cont[0], cont[-1]), 'blocks')}")
-        inter.setdefault(sz, r["blocks"])
+        inter[sz] = r["blocks"]
         for what, (m, c) in (("solo-interleaved", solo_rate), ("pair-interleaved", pair_rate)):
             rows.append({"what": what, "data": "synthetic", "image_size": sz, "img_per_s_per_proc": round(m, 2),
                          "ci95": round(c, 2), "data_frac": 0.0})
@@ -346,7 +346,7 @@ def main(argv=None) -> int:
         # where np=2 loses against np=1, by the performance model (covidnetx/perfmodel.py, as benchmarks/scaling.py),
         # from the interleaved blocks (no drift between launches): the np=1 phase's step time and its variation
         # within blocks, the shared phase's step time (contention), the allreduce measured alone
-        from covidnetx.perfmodel import efficiency, straggler_time
+        from covidnetx.perfmodel import shared_efficiency, straggler_time
         blocks = inter[args.size]
 
         def mean_step(w):
@@ -354,7 +354,7 @@ def main(argv=None) -> int:
         t1, t_shared, t2 = mean_step("solo"), mean_step("shared"), mean_step("pair")
         cv = pooled_cv([b["solo"] for b in blocks])
         wait = straggler_time(t1, cv, 2)
-        model = efficiency(t_shared, statistics.fmean(ar), t_wait=wait) * t1 / t_shared
+        model = shared_efficiency(t1, t_shared, statistics.fmean(ar), t_wait=wait)
         print(f"  performance model of np=2 / np=1, {args.size}px, interleaved blocks: contention {100 * t1 / t_shared:.1f}% "
               f"(two np=1 loops at once), waiting for the slower rank {1e3 * wait:.1f} ms (np=1 step-time variation "
               f"{100 * cv:.1f}%), allreduce {1e3 * statistics.fmean(ar):.1f} ms: {100 * model:.1f}% predicted, "

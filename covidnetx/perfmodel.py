@@ -75,6 +75,14 @@ def efficiency(t_compute: float, t_allreduce: float, overlap: float = 0.0, t_wai
     return t_compute / (t_compute + t_wait + exposed)
 
 
+def shared_efficiency(t_alone: float, t_shared: float, t_allreduce: float, t_wait: float = 0.0,
+                      overlap: float = 0.0) -> float:
+    """Weak-scaling efficiency where N ranks share a machine: compute takes t_shared per step at N (N
+    independent loops at once: contention) against t_alone for one rank, plus the straggler wait and the
+    exposed allreduce. t_shared = t_alone gives :func:`efficiency`."""
+    return efficiency(t_shared, t_allreduce, overlap, t_wait) * t_alone / t_shared
+
+
 def project(params: int, t_compute: float, gpu_counts, machine: Machine, *, grad_bytes_per_param: int = 4,
             overlap: float = 0.0, algorithm: str = "hierarchical", step_cv: float = 0.0) -> list:
     """[(N, allreduce seconds, step seconds, efficiency)] for each N in gpu_counts; ``step_cv`` > 0 adds

@@ -7,7 +7,7 @@ import pytest
 import math
 
 from covidnetx.perfmodel import (Machine, efficiency, expected_max_normal, hierarchical_allreduce_time, project,
-                                 ring_allreduce_time, straggler_time)
+                                 ring_allreduce_time, shared_efficiency, straggler_time)
 from tests.conftest import REPO, need_mpirun
 
 
@@ -56,6 +56,8 @@ def test_straggler_wait_enters_the_step():
         straggler_time(0.2, -0.1, 4)
     assert efficiency(0.3, 0.1, t_wait=0.1) == pytest.approx(0.6)
     assert efficiency(0.3, 0.3, overlap=1.0, t_wait=0.1) == pytest.approx(0.3 / 0.5)
+    assert shared_efficiency(0.3, 0.4, 0.1, t_wait=0.05) == pytest.approx(0.3 / 0.55)     # contention 0.3 -> 0.4 s
+    assert shared_efficiency(0.3, 0.3, 0.1) == efficiency(0.3, 0.1)
     plain = project(25_557_032, 0.1036, [4, 64, 1024], Machine())
     jitter = project(25_557_032, 0.1036, [4, 64, 1024], Machine(), step_cv=0.03)
     for a, b in zip(plain, jitter):
