@@ -77,7 +77,7 @@ def worker(args) -> None:
     def fetch():
         from covidnetx.dist import to_device
         bt = next(batches)
-        xb = normalize(to_device(bt["image"], dev), pp)
+        xb = normalize(bt["image"], pp, dev)
         xb = xb.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
         return xb, to_device(bt["label"], dev)
     # as in the engine: the next batch is fetched after the backward pass is queued (on a GPU, while it

@@ -30,6 +30,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from covidnetx.dist import to_device
 from covidnetx.utils import UserError
 
 
@@ -275,7 +276,7 @@ def normalize(x: torch.Tensor, pp: Preprocess, device: Optional[torch.device] = 
     its weights instead (models.layers.GrayConv2d): a third of the stem's work and no 3x copy. On a GPU
     the batch comes out channels-last (NHWC)."""
     if device is not None:
-        x = x.to(device, non_blocking=True)
+        x = to_device(x, device)           # to a GPU through pinned memory: the host does not stall
     c = x.shape[1]
     key = (str(x.device), c, pp.mean, pp.std)
     ms = _NORM.get(key)

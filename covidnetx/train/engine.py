@@ -367,7 +367,7 @@ class Trainer:
                 remaining -= 1
                 t0 = time.perf_counter()
                 b = next(loader)
-                out = normalize(to_device(b["image"], self.device), self.pp), to_device(b["label"], self.device)
+                out = normalize(b["image"], self.pp, self.device), to_device(b["label"], self.device)
                 t_data += time.perf_counter() - t0
                 return out
             # the losses reach the host by an asynchronous copy that is waited for only after the next batch
