@@ -115,16 +115,21 @@ def evaluate_model(model: nn.Module, view, cfg: C.Config, dist, pp: Preprocess) 
     model.eval()
     loader = make_loader(cfg.data.loader, view, pp, cfg.optim.batch_size, cfg.seed, dist.rank, dist.size,
                          workers=cfg.data.workers, train=False, device=cfg.data.device, torch_device=device)
-    scores, labels = [], []
+    scores, labels, keeps = [], [], []
     with torch.no_grad():
         for b in loader:
             with autocast(cfg.precision, device):
                 logits = model(normalize(b["image"], pp, device))
             p = torch.sigmoid(logits.float()) if multilabel else torch.softmax(logits.float(), 1)
-            keep = b["valid"].bool()
-            scores.append(p[keep.to(p.device)].cpu().numpy())
-            labels.append(b["label"][keep].numpy())
-    scores = np.concatenate(scores) if scores else np.zeros((0, k), np.float32)
+            # scores stay on the device until the loop ends: one copy back instead of a host-device
+            # synchronisation per batch; the padding is dropped on the host afterwards
+            scores.append(p)
+            keeps.append(b["valid"].bool().numpy())
+            labels.append(b["label"].numpy()[keeps[-1]])
+    if scores:
+        scores = torch.cat(scores).cpu().numpy()[np.concatenate(keeps)]
+    else:
+        scores = np.zeros((0, k), np.float32)
     labels = np.concatenate(labels) if labels else np.zeros((0,) if not multilabel else (0, k))
     out = {}
     if not multilabel:
@@ -345,6 +350,7 @@ class Trainer:
                   f"{count_params(self.model)} params", flush=True)
         results = cfg.results or str(Path(cfg.out_dir) / "results.jsonl")
         metrics: dict = {}
+        sync_debug = ""
         try:
             step = self.start_step
             samples = self.samples_before
@@ -442,8 +448,6 @@ class Trainer:
                     m = self.evaluate(step)
                     if dist.is_primary:
                         self._log_eval(writer, m, step, results, samples, 0.0, final=False)
-            if sync_debug:
-                torch.cuda.set_sync_debug_mode(0)
             if stop_sum is not None:
                 stop_sum()             # a signal during the last step: the run is complete anyway
             elapsed = time.perf_counter() - t_last
@@ -459,6 +463,8 @@ class Trainer:
                     if isinstance(metrics.get(k), float)) + f"; {img_per_s:.1f} img/s", flush=True)
             dist.barrier()
         finally:
+            if sync_debug:
+                torch.cuda.set_sync_debug_mode(0)
             if writer is not None:
                 writer.close()
         return metrics
