@@ -80,6 +80,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dali-workers", type=int, default=min(8, (os.cpu_count() or 2) - 2))
     ap.add_argument("--loader-images", type=int, default=1000, help="images of the loader benchmark (step 6)")
     ap.add_argument("--loader-batches", type=int, default=48)
+    ap.add_argument("--layout-models", default=None,
+                    help="models whose synthetic step is timed with channels-last and NCHW input (comma list; "
+                         "default: --model and bit_r50x1; empty: skip)")
     ap.add_argument("--equality", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.equality:
@@ -113,10 +116,11 @@ def main(argv=None) -> int:
         print("DALI GPU vs torch reference:", (r.stdout.strip().splitlines() or ["failed (see gpu_check.log)"])[-1],
               flush=True)
 
-    def train(data, loader, workers, channels=1):
-        cmd = [py, "benchmarks/train.py", "--worker", "plain", "--model", args.model, "--size", str(args.size), "--batch",
-               str(args.batch), "--iters", str(args.iters), "--warmup", "8", "--threads", "4", "--data", data,
-               "--loader", loader, "--precision", "bf16", "--workers", str(workers), "--channels", str(channels)]
+    def train(data, loader, workers, channels=1, model=None, channels_last="auto"):
+        cmd = [py, "benchmarks/train.py", "--worker", "plain", "--model", model or args.model, "--size", str(args.size),
+               "--batch", str(args.batch), "--iters", str(args.iters), "--warmup", "8", "--threads", "4", "--data", data,
+               "--loader", loader, "--precision", "bf16", "--workers", str(workers), "--channels", str(channels),
+               "--channels-last", channels_last]
         r = sh(cmd, log, timeout=240)
         line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
         if not line:
@@ -135,6 +139,20 @@ def main(argv=None) -> int:
     print(f"bf16 {args.model} synthetic:            {syn[0]:8.0f} ± {syn[1]:5.0f} img/s", flush=True)
     rows.append({"what": f"{args.model}-bf16-synthetic", "img_per_s": round(syn[0], 1), "ci95": round(syn[1], 1),
                  "data_frac": 0})
+    # the input layout: channels-last (what loader.normalize hands a GPU model) against NCHW, for the
+    # BatchNorm ResNet and for BiT's GroupNorm ResNetV2 (torch's CUDA GroupNorm may return NCHW whatever
+    # its input, which would leave only the stem in channels-last)
+    layout = f"{args.model},bit_r50x1" if args.layout_models is None else args.layout_models
+    for name in [m for m in layout.split(",") if m]:
+        got = {cl: train("synthetic", "torch", 0, channels=3, model=name, channels_last=cl) for cl in ("on", "off")}
+        if None in got.values():
+            print(f"bf16 {name} synthetic, input layout: failed (see gpu_check.log)", flush=True)
+            continue
+        print(f"bf16 {name} synthetic, channels-last input {got['on'][0]:8.0f} ± {got['on'][1]:5.0f} img/s vs NCHW "
+              f"{got['off'][0]:8.0f} ± {got['off'][1]:5.0f}: {100 * got['on'][0] / got['off'][0]:.0f}%", flush=True)
+        for cl, res in got.items():
+            rows.append({"what": f"{name}-bf16-synthetic-cl-{cl}", "img_per_s": round(res[0], 1),
+                         "ci95": round(res[1], 1), "data_frac": 0})
     # DALI: the Python source only copies stored bytes out of the memory-mapped shards and draws the
     # augmentation parameters, so in-process (0 workers) can beat worker processes; both are measured
     for loader, workers in (("torch", args.workers), ("dali", 0), ("dali", args.dali_workers)):

@@ -164,12 +164,13 @@ def test_allreduce_benchmark_under_mpirun(tmp_path):
 def test_gpu_check_runs_on_a_cpu_except_its_gpu_only_steps(tmp_path):
     """The one-command GPU check (benchmarks/gpu_check.py) gets at most one try on a lent GPU node: here it
     runs with tiny sizes on the CPU. Every step that needs no GPU must produce its figure (synthetic vs
-    HDF5 training rates from both loaders, the engine end to end, allreduce, loader table); the two
+    HDF5 training rates from both loaders, channels-last against NCHW input (on a GPU also for a GroupNorm
+    model, BiT-R50x1, too slow for the CPU here), the engine end to end, allreduce, loader table); the two
     GPU-only steps fail cleanly; a rerun on the same node measures again instead of skipping."""
     pytest.importorskip("nvidia.dali", reason="nvidia-dali not installed (make setup installs it)")
     cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path / "out"),
            "--work", str(tmp_path / "work"), "--images", "80", "--batch", "8", "--iters", "3", "--model", "resnet_w4",
-           "--size", "32", "--workers", "1", "--dali-workers", "1", "--loader-images", "64", "--loader-batches", "4"]
+           "--size", "32", "--workers", "1", "--dali-workers", "1", "--loader-images", "64", "--loader-batches", "4", "--layout-models", "resnet_w4"]
     done = tmp_path / "work" / "runs" / "gpu" / "done.json"          # as left by an earlier run on this node
     done.parent.mkdir(parents=True)
     done.write_text("{}")
@@ -181,7 +182,9 @@ def test_gpu_check_runs_on_a_cpu_except_its_gpu_only_steps(tmp_path):
     assert "best covidnetx loader / best ImageFolder baseline" in r.stdout
     rows = {x["what"]: float(x["img_per_s"]) for x in csv.DictReader(open(tmp_path / "out" / "bench-gpu-check.csv"))}
     assert set(rows) == {"resnet_w4-bf16-synthetic", "resnet_w4-bf16-hdf5-torch-w1", "resnet_w4-bf16-hdf5-dali-w0",
-                         "resnet_w4-bf16-hdf5-dali-w1"} and min(rows.values()) > 0
+                         "resnet_w4-bf16-hdf5-dali-w1", "resnet_w4-bf16-synthetic-cl-on",
+                         "resnet_w4-bf16-synthetic-cl-off"} and min(rows.values()) > 0
+    assert "bf16 resnet_w4 synthetic, channels-last input" in r.stdout
     assert (tmp_path / "out" / "gpu_check.log").stat().st_size > 0
 
 
@@ -205,21 +208,24 @@ def test_train_worker_with_channels_last_input_under_horovod(tmp_path):
 
 def test_train_benchmark_end_to_end_at_tiny_sizes(tmp_path):
     """benchmarks/train.py as `make bench` runs it, at tiny sizes: every row of its table (plain, Horovod
-    np=1/np=2, fp16 allreduce, interleaved phases, HDF5 through both loaders and both encodings) in the CSV,
-    and the interleaved run's contention and performance-model lines printed."""
+    np=1/np=2, fp16 allreduce, interleaved phases, Horovod np=1 and a plain loop alternating in one process,
+    HDF5 through both loaders and both encodings) in the CSV, and the interleaved run's contention and
+    performance-model lines printed."""
     need_mpirun()
     pytest.importorskip("horovod.torch", reason="horovod not installed (make setup builds it)")
     pytest.importorskip("nvidia.dali", reason="nvidia-dali not installed (make setup installs it)")
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train.py"), "--model", "resnet_w4", "--size", "32",
                         "--batch", "4", "--iters", "6", "--repeats", "1", "--no-loaders", "--images", "64",
-                        "--src-size", "40", "--big-size", "0", "--blocks", "3", "--work", str(tmp_path / "work"),
+                        "--src-size", "40", "--big-size", "0", "--blocks", "3", "--overhead-steps", "4", "--work", str(tmp_path / "work"),
                         "--out", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     [path] = tmp_path.glob("bench-train-fp32-*-resnet_w4.csv")
     rows = {(x["what"], x["data"]) for x in csv.DictReader(path.open())}
     assert {("plain", "synthetic"), ("hvd1", "synthetic"), ("plain2", "synthetic"), ("hvd2", "synthetic"),
             ("hvd2fp16", "synthetic"), ("solo-interleaved", "synthetic"), ("pair-interleaved", "synthetic"),
+            ("plain-interleaved", "synthetic"), ("hvd1-interleaved", "synthetic"),
             ("hvd1-torch", "raw"), ("hvd1-dali", "raw"), ("hvd1-torch", "png"), ("hvd1-dali", "png")} == rows
     assert "interleaved in one mpirun -np 2 job (3 blocks" in r.stdout
+    assert "Horovod np=1 overhead vs plain loop, both in one process (4 steps of each, alternating)" in r.stdout
     assert "two np=1 loops at once (no communication) in the same blocks" in r.stdout
     assert "performance model of np=2 / np=1, 32px, interleaved blocks: contention" in r.stdout
