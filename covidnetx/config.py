@@ -22,8 +22,8 @@ class DataConfig:
     label_space: str = "union"                            # union | intersection (mixtures)
     rename: dict = field(default_factory=dict)            # class renames before merging
     fraction: float = 1.0                                 # source data fraction (data-size axis)
-    fraction_seed: int = 0
-    train_split: str = "train"
+    fraction_seed: int = 0                                # seed of the nested class-stratified fraction
+    train_split: str = "train"                            # packed split to train on
     eval_split: str = "val"                               # val | test | "" (no evaluation)
     loader: str = "torch"                                 # torch | dali
     device: str = "cpu"                                   # where DALI runs: cpu | gpu
@@ -32,32 +32,32 @@ class DataConfig:
     resize_size: int = 0                                  # eval: resize shorter side to this (0 = image_size)
     augment: bool = True                                  # random-resized-crop, flip, small rotation
     crop_scale: float = 0.5                               # smallest crop area fraction
-    rotate_deg: float = 5.0
-    mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    std: List[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+    rotate_deg: float = 5.0                               # largest rotation, degrees (either way)
+    mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])    # per channel, on [0, 1] pixels
+    std: List[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])  # per channel
 
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet_w8"
+    name: str = "resnet_w8"       # registered model: resnet_w4..w64, resnet18..152, bit_r50x1..bit_r152x4
     init_from: str = ""            # checkpoint (head dropped) or a user-provided weights file
-    drop_head: bool = True
+    drop_head: bool = True         # init_from: replace the classifier head (new classes)
 
 
 @dataclass
 class OptimConfig:
     name: str = "sgd"              # sgd | adamw
     lr: float = 0.003              # per global batch base_batch (scaled linearly with the global batch)
-    base_batch: int = 512
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    base_batch: int = 512          # global batch at which lr applies as given
+    momentum: float = 0.9          # sgd momentum
+    weight_decay: float = 0.0      # sgd: L2 added to the gradient; adamw: decoupled
     batch_size: int = 32           # per rank
     steps: int = 0                 # 0 = BiT-HyperRule (by training-set size)
     warmup_steps: int = -1         # -1 = BiT-HyperRule / 5% of steps
     schedule: str = "step"         # step (/10 at decay points) | cosine | constant
     decay_at: List[float] = field(default_factory=lambda: [0.4, 0.6, 0.8])   # fractions of steps
     accum_steps: int = 1           # gradient accumulation (Horovod backward_passes_per_step)
-    grad_clip: float = 0.0
+    grad_clip: float = 0.0         # clip the gradient norm to this (0 = off)
     mixup: float = -1.0            # -1 = BiT-HyperRule (0.1 at >= 20k examples, else 0)
 
 
@@ -65,25 +65,25 @@ class OptimConfig:
 class Config:
     task: str = "pretrain"         # pretrain | transfer
     regime: str = "full"           # full | linear | fewshot (transfer)
-    shots: List[int] = field(default_factory=lambda: [1, 5, 10, 25])
-    seeds: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    seed: int = 0
+    shots: List[int] = field(default_factory=lambda: [1, 5, 10, 25])   # fewshot: examples per class
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # fewshot: one run per (shots, seed)
+    seed: int = 0                  # initialisation, data order, augmentation, MixUp
     loss: str = "auto"             # auto | ce | bce (masked multi-label)
     hyperrule: bool = True         # BiT-HyperRule defaults for transfer where a value is left unset
     backend: str = "horovod"       # horovod | torch | none
     fp16_allreduce: bool = False   # Horovod fp16 compression
     precision: str = "fp32"        # fp32 | bf16 | fp16 (fp16 only on CUDA)
-    out_dir: str = "runs"
+    out_dir: str = "runs"          # run directories and the results table go here
     run_name: str = ""             # "" = derived from the config hash
     resume: str = ""               # explicit checkpoint to resume from
     eval_every: int = 0            # 0 = only at the end
     ckpt_every: int = 0            # 0 = only at the end (and on a signal)
-    log_every: int = 10
+    log_every: int = 10            # TensorBoard scalars every this many steps
     results: str = ""              # results table (JSONL); "" = OUT_DIR/results.jsonl
     source_name: str = ""          # label for the source composition in results ("" = derived)
-    target_name: str = ""
+    target_name: str = ""          # label for the target in results ("" = derived)
     source_domain: str = ""        # e.g. natural | xray | mixed: intra- vs inter-domain grouping
-    target_domain: str = ""
+    target_domain: str = ""        # as source_domain, for the target
     alignment_samples: int = 256   # samples per side for the source-target alignment measure (0 = off)
     threads: int = 0               # torch CPU threads per rank (0 = its launcher-bound CPUs, else cores / local ranks)
     bootstrap: int = 200           # bootstrap resamples for metric CIs
@@ -142,12 +142,23 @@ def _coerce(key: str, tp, value):
     return value
 
 
+def _unknown(key: str, known_here=None) -> UserError:
+    """The error for an unknown key: the nearest known dotted key when one is close (a typo), else the
+    keys known at that level; and where the whole list is."""
+    import difflib
+    near = difflib.get_close_matches(key, list(flatten(to_dict(Config()))), n=1, cutoff=0.75)
+    hint = f"did you mean {near[0]!r}?" if near else (
+        f"known here: {', '.join(sorted(known_here))}" if known_here else "")
+    return UserError(f"unknown config key {key!r}" + (f" ({hint})" if hint else "")
+                     + "; `covidnetx pretrain --keys` lists every key")
+
+
 def _build(cls, d: dict, prefix: str = ""):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for k in d:
         if k not in names:
-            raise UserError(f"unknown config key {prefix + k!r} (known: {', '.join(sorted(names))})")
+            raise _unknown(prefix + k, names)
     kwargs = {k: _coerce(prefix + k, hints[k], v) for k, v in d.items()}
     obj = cls(**kwargs)
     return obj
@@ -193,7 +204,7 @@ def apply_overrides(d: dict, overrides: list) -> dict:
         parts = key.strip().split(".")
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):
-                raise UserError(f"unknown config key {key!r}")
+                raise _unknown(key.strip())
             node = node[p]
         node[parts[-1]] = value
     return d
@@ -235,6 +246,42 @@ def _merge(a: dict, b: dict) -> dict:
 
 def dump(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=True)
+
+
+def key_reference() -> list:
+    """(dotted key, type, default, description) of every config key, in definition order. The
+    descriptions are the comments beside the fields above: one place keeps them."""
+    import inspect
+    import re
+    rows = []
+
+    def type_name(tp) -> str:
+        args = typing.get_args(tp)
+        base = getattr(typing.get_origin(tp) or tp, "__name__", str(tp))
+        return f"{base}[{', '.join(type_name(a) for a in args)}]" if args else base
+
+    def walk(obj, prefix):
+        notes = {}
+        for line in inspect.getsource(type(obj)).splitlines():
+            m = re.match(r"\s+(\w+):[^#]*#\s*(.*)$", line)
+            if m:
+                notes[m.group(1)] = m.group(2).strip()
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, prefix + f.name + ".")
+            else:
+                rows.append((prefix + f.name, type_name(hints[f.name]), value, notes.get(f.name, "")))
+    walk(Config(), "")
+    return rows
+
+
+def format_keys() -> str:
+    rows = [(k, t, yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n...").strip(), d)
+            for k, t, v, d in key_reference()]
+    wk, wt, wv = (max(len(r[i]) for r in rows) for i in range(3))
+    return "\n".join(f"{k:<{wk}}  {t:<{wt}}  {v:<{wv}}  {d}".rstrip() for k, t, v, d in rows)
 
 
 def config_hash(cfg: Config, exclude=("out_dir", "results", "resume", "run_name", "eval_every", "ckpt_every",

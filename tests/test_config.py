@@ -46,3 +46,38 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("model: {name: [\n")
     with pytest.raises(UserError, match="not valid YAML"):
         C.load_config(str(bad))
+
+
+@pytest.mark.parametrize("overrides, yaml_text, message", [
+    (["optim.lrr=1"], None, "unknown config key 'optim.lrr' (did you mean 'optim.lr'?)"),
+    (["optm.lr=1"], None, "unknown config key 'optm.lr' (did you mean 'optim.lr'?)"),
+    ([], "data: {image_sise: 64}\n", "unknown config key 'data.image_sise' (did you mean 'data.image_size'?)"),
+    (["zzz=1"], None, "unknown config key 'zzz' (known here: alignment_samples, backend,"),
+])
+def test_unknown_key_suggests_the_nearest_and_where_the_list_is(tmp_path, overrides, yaml_text, message):
+    path = None
+    if yaml_text:
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml_text)
+    with pytest.raises(UserError) as e:
+        C.load_config(str(path) if path else None, overrides)
+    assert message in str(e.value) and "`covidnetx pretrain --keys` lists every key" in str(e.value)
+
+
+def test_key_reference_covers_every_key_with_its_default_and_a_description(capsys):
+    """`covidnetx pretrain --keys`: every dotted key of the config, its type and default as the dataclasses
+    define them, and a description (the comment beside the field) for each: a key added without one
+    fails here."""
+    from covidnetx.cli import main
+    rows = C.key_reference()
+    flat = C.flatten(C.to_dict(C.Config()))
+    assert [k for k, *_ in rows] == list(flat)
+    assert all(v == flat[k] for k, _, v, _ in rows)
+    assert [k for k, _, _, d in rows if not d] == []
+    assert dict((k, t) for k, t, _, _ in rows)["data.sources"] == "list[str]"
+    assert main(["transfer", "--keys"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert set(lines) == set(flat)
+    assert lines["optim.lr"].split(None, 3)[1:3] == ["float", "0.003"]
+    assert lines["optim.lr"].split(None, 3)[3].startswith("per global batch base_batch")
+    assert "list[float]  [0.5, 0.5, 0.5]" in lines["data.mean"] and lines["data.mean"].endswith("on [0, 1] pixels")

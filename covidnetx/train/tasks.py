@@ -31,6 +31,8 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None, task: str = "
     p.add_argument("--config", default=None, help="YAML config file or packaged preset name")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.01 data.sources=[a,b]")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--keys", action="store_true",
+                   help="list every config key with its type, default and meaning, and exit")
     p.set_defaults(task=task)
     return p
 
@@ -133,6 +135,9 @@ def set_threads(cfg: C.Config) -> None:
 
 
 def run(args) -> int:
+    if args.keys:
+        print(C.format_keys())
+        return 0
     try:
         cfg = C.load_config(args.config, [f"task={args.task}"] + list(args.overrides))
     except UserError as e:
