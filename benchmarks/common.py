@@ -15,6 +15,13 @@ def mean_ci(xs) -> tuple:
     return m, (1.96 * statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def mean_interval(xs) -> tuple:
+    """mean and the half-width of its 95% interval (1.96 standard errors; 0 for a single value)."""
+    xs = list(xs)
+    m, c = mean_ci(xs)
+    return m, c / len(xs) ** 0.5
+
+
 def pooled_cv(launches: list) -> float:
     """Coefficient of variation of step times within launches (variances pooled over launches of two or
     more steps, divided by the overall mean), so drift between launches does not count."""

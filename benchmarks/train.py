@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import hardware_tag, machine_line, mean_ci, pooled_cv, write_csv  # noqa: E402
+from benchmarks.common import hardware_tag, machine_line, mean_ci, mean_interval, pooled_cv, write_csv  # noqa: E402
 
 
 def worker(args) -> None:
@@ -359,8 +359,7 @@ def main(argv=None) -> int:
     # against ±2.6% and ±3.2% with blocks of 2 and 4 steps, one run each)
     r = run_worker("overhead", 1, "synthetic", "torch", args, iters=args.overhead_steps, blocks=args.overhead_steps)
     over = [statistics.fmean(b["hvd"]) / statistics.fmean(b["plain"]) - 1 for b in r["blocks"]]
-    m, c = mean_ci(over)
-    c /= len(over) ** 0.5                           # 95% interval of the mean over blocks
+    m, c = mean_interval(over)
     t_plain, t_hvd = ([t for b in r["blocks"] for t in b[w]] for w in ("plain", "hvd"))
     print(f"Horovod np=1 overhead vs plain loop, both in one process ({len(t_hvd)} steps of each, alternating): "
           f"{100 * m:+.1f}% (95% interval {100 * (m - c):+.1f} to {100 * (m + c):+.1f}%; "
@@ -382,13 +381,14 @@ def main(argv=None) -> int:
         k = max(2, args.block_steps * args.size * args.size // (sz * sz))
         r = run_worker("interleaved", 2, "synthetic", "torch", args, size=sz, iters=k * args.blocks)
         effs = sorted(statistics.fmean(b["solo"]) / statistics.fmean(b["pair"]) for b in r["blocks"])
+        em, ec = mean_interval(effs)
         cont = sorted(statistics.fmean(b["solo"]) / statistics.fmean(b["shared"]) for b in r["blocks"])
         solo_rate = mean_ci([args.batch / t for b in r["blocks"] for t in b["solo"]])
         pair_rate = mean_ci([args.batch / t for b in r["blocks"] for t in b["pair"]])
         sep = stats["hvd1" if sz == args.size else "big1"][0]
         print(f"weak-scaling efficiency np=2 / np=1, {sz}px, interleaved in one mpirun -np 2 job ({len(effs)} blocks "
               f"of {k} steps per phase): {pct((statistics.median(effs), effs[0], effs[-1]), 'blocks')} "
-              f"(target >= 90%); its np=1 phase {solo_rate[0]:.1f} img/s vs {sep:.1f} in the separate np=1 runs; "
+              f"(target >= 90%; mean of the blocks {100 * em:.1f}%, 95% interval {100 * (em - ec):.1f}-{100 * (em + ec):.1f}%); its np=1 phase {solo_rate[0]:.1f} img/s vs {sep:.1f} in the separate np=1 runs; "
               f"two np=1 loops at once (no communication) in the same blocks {pct((statistics.median(cont), cont[0], cont[-1]), 'blocks')}")
         inter[sz] = r["blocks"]
         for what, (m, c) in (("solo-interleaved", solo_rate), ("pair-interleaved", pair_rate)):

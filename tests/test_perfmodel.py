@@ -67,6 +67,19 @@ def test_straggler_wait_enters_the_step():
     assert jitter[0][3] > jitter[1][3] > jitter[2][3]
 
 
+def test_benchmark_summaries_on_known_values():
+    """mean ± 1.96 sigma (spread of the samples), the 95% interval of the mean (1.96 standard errors) and
+    the pooled within-launch coefficient of variation, which drift between launches must not inflate."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.common import mean_ci, mean_interval, pooled_cv
+    sd = math.sqrt(5 / 3)                       # sample standard deviation of 1, 2, 3, 4
+    assert mean_ci([1, 2, 3, 4]) == pytest.approx((2.5, 1.96 * sd))
+    assert mean_interval(x for x in [1, 2, 3, 4]) == pytest.approx((2.5, 1.96 * sd / 2))
+    assert mean_interval([7.0]) == (7.0, 0.0)
+    # two launches at different levels (drift), the same spread within each: cv = within-spread / mean
+    assert pooled_cv([[9, 11], [19, 21]]) == pytest.approx(math.sqrt(2) / 15)
+
+
 def test_model_against_the_measured_np2_point():
     """benchmarks/scaling.py measured here (2 cores): np=1 step time and its variation, np=2 step time, two
     plain loops at once, and the np=2 allreduce of ResNet-18's fused gradients. The model, fed these, must
@@ -225,7 +238,7 @@ def test_train_benchmark_end_to_end_at_tiny_sizes(tmp_path):
             ("hvd2fp16", "synthetic"), ("solo-interleaved", "synthetic"), ("pair-interleaved", "synthetic"),
             ("plain-interleaved", "synthetic"), ("hvd1-interleaved", "synthetic"),
             ("hvd1-torch", "raw"), ("hvd1-dali", "raw"), ("hvd1-torch", "png"), ("hvd1-dali", "png")} == rows
-    assert "interleaved in one mpirun -np 2 job (3 blocks" in r.stdout
+    assert "interleaved in one mpirun -np 2 job (3 blocks" in r.stdout and "mean of the blocks" in r.stdout
     assert "Horovod np=1 overhead vs plain loop, both in one process (4 steps of each, alternating)" in r.stdout
     assert "two np=1 loops at once (no communication) in the same blocks" in r.stdout
     assert "performance model of np=2 / np=1, 32px, interleaved blocks: contention" in r.stdout
