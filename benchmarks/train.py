@@ -151,7 +151,9 @@ def overhead_worker(args) -> None:
     the synchronize before the step), the order swapping every block, so that a slow spell of a shared
     machine hits both alike (separate launches differ by ±10% here). Horovod's background thread runs
     during the plain phases too; with one compute thread it has the other core to itself, as in a
-    separate np=1 launch."""
+    separate np=1 launch. At size 1 DistributedOptimizer registers no gradient hooks (Horovod skips the
+    allreduce then), so this is the cost of the wrapper and the background thread, as a real np=1 run
+    pays it."""
     import torch
     torch.set_num_threads(args.threads)
     import horovod.torch as hvd
@@ -189,7 +191,9 @@ def interleaved_worker(args) -> None:
     step a second model reduced over both; shared phase: each rank steps its own model reduced over its own
     process set ({0} and {1}: Horovod at size 1 on both ranks at once, no communication between them, so
     what the two ranks cost each other). Each block runs the three phases (order rotating) and yields the
-    ratios solo/pair (efficiency) and solo/shared (contention) of mean step times."""
+    ratios solo/pair (efficiency) and solo/shared (contention) of mean step times. Unlike a real np=1
+    run (no gradient hooks at size 1), the solo and shared phases send their gradients through Horovod's
+    allreduce over a one-rank process set: a local no-op, but queued and negotiated like any other."""
     import torch
     torch.set_num_threads(args.threads)
     import horovod.torch as hvd
