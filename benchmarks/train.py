@@ -245,6 +245,11 @@ def interleaved_worker(args) -> None:
                                       "image_size": args.size, "device": hardware_tag()}), flush=True)
 
 
+def block_ratios(blocks: list, num: str, den: str) -> list:
+    """Per block of an alternating run, the ratio of the mean step times of two phases, sorted."""
+    return sorted(statistics.fmean(b[num]) / statistics.fmean(b[den]) for b in blocks)
+
+
 def run_worker(mode, np_, data, loader, args, extra_env=None, fp16_allreduce=False, size=None, iters=None,
                blocks=None) -> dict:
     from covidnetx.launch import mpirun_cmd
@@ -362,7 +367,7 @@ def main(argv=None) -> int:
     # (one step per block: the finest alternation gave the narrowest interval here, ±2.4% at 64 steps per loop
     # against ±2.6% and ±3.2% with blocks of 2 and 4 steps, one run each)
     r = run_worker("overhead", 1, "synthetic", "torch", args, iters=args.overhead_steps, blocks=args.overhead_steps)
-    over = [statistics.fmean(b["hvd"]) / statistics.fmean(b["plain"]) - 1 for b in r["blocks"]]
+    over = [q - 1 for q in block_ratios(r["blocks"], "hvd", "plain")]
     m, c = mean_interval(over)
     t_plain, t_hvd = ([t for b in r["blocks"] for t in b[w]] for w in ("plain", "hvd"))
     print(f"Horovod np=1 overhead vs plain loop, both in one process ({len(t_hvd)} steps of each, alternating): "
@@ -384,9 +389,9 @@ def main(argv=None) -> int:
     for sz in [args.size] + ([big] if big and big != args.size else []):
         k = max(2, args.block_steps * args.size * args.size // (sz * sz))
         r = run_worker("interleaved", 2, "synthetic", "torch", args, size=sz, iters=k * args.blocks)
-        effs = sorted(statistics.fmean(b["solo"]) / statistics.fmean(b["pair"]) for b in r["blocks"])
+        effs = block_ratios(r["blocks"], "solo", "pair")
         em, ec = mean_interval(effs)
-        cont = sorted(statistics.fmean(b["solo"]) / statistics.fmean(b["shared"]) for b in r["blocks"])
+        cont = block_ratios(r["blocks"], "solo", "shared")
         solo_rate = mean_ci([args.batch / t for b in r["blocks"] for t in b["solo"]])
         pair_rate = mean_ci([args.batch / t for b in r["blocks"] for t in b["pair"]])
         sep = stats["hvd1" if sz == args.size else "big1"][0]
