@@ -224,13 +224,16 @@ def interleaved_worker(args) -> None:
     alone = build("solo.", solo) if rank == 0 else build("solo1.", solo1)
 
     def phase(which, n):
-        t = []
+        """The phase's step times, and this rank's CPU seconds in it: the training thread's, and the rest
+        of the process's (Horovod's background thread and MPI: the allreduce work, and any spinning)."""
+        t, c0, p0 = [], time.thread_time(), time.process_time()
         if which == "pair":
             t = timed_steps(*pair, x, y, n)
         elif which == "shared" or rank == 0:
             t = timed_steps(*alone, x, y, n)
+        main_cpu, all_cpu = time.thread_time() - c0, time.process_time() - p0
         quiet_barrier()              # the idle rank sleeps here during the solo phase
-        return t
+        return t, [main_cpu, all_cpu - main_cpu]
 
     for w in ("solo", "pair", "shared"):
         phase(w, args.warmup)
@@ -239,10 +242,20 @@ def interleaved_worker(args) -> None:
     phases = ("solo", "pair", "shared")
     for b in range(args.blocks):
         got = {w: phase(w, k) for w in phases[b % 3:] + phases[:b % 3]}
-        blocks.append({w: got[w] for w in phases})
+        blocks.append({**{w: got[w][0] for w in phases}, "cpu": {w: got[w][1] for w in phases}})
     if rank == 0:
         print("RESULT " + json.dumps({"blocks": blocks, "batch": args.batch, "model": args.model,
                                       "image_size": args.size, "device": hardware_tag()}), flush=True)
+
+
+def cpu_per_step(blocks: list) -> dict:
+    """Per phase of an interleaved run, rank 0's CPU seconds per step: (training thread, the rest of the
+    process), pooled over the blocks."""
+    out = {}
+    for w in blocks[0]["cpu"]:
+        steps = sum(len(b[w]) for b in blocks)
+        out[w] = tuple(sum(b["cpu"][w][i] for b in blocks) / steps for i in (0, 1))
+    return out
 
 
 def block_ratios(blocks: list, num: str, den: str) -> list:
@@ -399,6 +412,19 @@ def main(argv=None) -> int:
               f"of {k} steps per phase): {pct((statistics.median(effs), effs[0], effs[-1]), 'blocks')} "
               f"(target >= 90%; mean of the blocks {100 * em:.1f}%, 95% interval {100 * (em - ec):.1f}-{100 * (em + ec):.1f}%); its np=1 phase {solo_rate[0]:.1f} img/s vs {sep:.1f} in the separate np=1 runs; "
               f"two np=1 loops at once (no communication) in the same blocks {pct((statistics.median(cont), cont[0], cont[-1]), 'blocks')}")
+        # the same blocks by CPU time (less noisy than wall time): does sharing the machine slow the computation
+        # itself, and how much CPU do Horovod's and MPI's threads take from the training thread's core
+        cpu = cpu_per_step(r["blocks"])
+        solo_step = statistics.fmean(t for b in r["blocks"] for t in b["solo"])
+        pair_step = statistics.fmean(t for b in r["blocks"] for t in b["pair"])
+        print(f"  CPU time per step on rank 0, {sz}px: training thread {1e3 * cpu['solo'][0]:.0f} ms at np=1, "
+              f"{1e3 * cpu['shared'][0]:.0f} ms beside another np=1 loop, {1e3 * cpu['pair'][0]:.0f} ms at np=2 (the same "
+              f"work); Horovod's and MPI's threads {1e3 * cpu['pair'][1]:.0f} ms at np=2 (allreduce and waiting), "
+              f"{1e3 * cpu['solo'][1]:.0f} ms in the np=1 phase (its one-rank allreduce's copies and Horovod's polling, on the "
+              f"core the sleeping rank leaves free). The np=2 step takes {1e3 * pair_step:.0f} ms, {1e3 * (pair_step - cpu['pair'][0]):.0f} ms "
+              f"of it with the training thread off the CPU (Horovod's thread on its core, or waiting for the other rank), "
+              f"the np=1 step {1e3 * solo_step:.0f} ms. An np=2 step lasts at least its training thread's CPU time, "
+              f"so np=2 / np=1 <= {100 * solo_step / cpu['pair'][0]:.1f}% here, whatever the communication costs")
         inter[sz] = r["blocks"]
         for what, (m, c) in (("solo-interleaved", solo_rate), ("pair-interleaved", pair_rate)):
             rows.append({"what": what, "data": "synthetic", "image_size": sz, "img_per_s_per_proc": round(m, 2),

@@ -78,6 +78,12 @@ def test_benchmark_summaries_on_known_values():
     assert mean_interval([7.0]) == (7.0, 0.0)
     # two launches at different levels (drift), the same spread within each: cv = within-spread / mean
     assert pooled_cv([[9, 11], [19, 21]]) == pytest.approx(math.sqrt(2) / 15)
+    # interleaved blocks: CPU seconds per phase pooled over blocks, divided by all the phase's steps
+    from benchmarks.train import block_ratios, cpu_per_step
+    blocks = [{"solo": [1.0, 1.0], "pair": [2.0, 2.0], "cpu": {"solo": [1.8, 0.2], "pair": [3.0, 1.0]}},
+              {"solo": [2.0, 2.0], "pair": [2.0, 2.0], "cpu": {"solo": [2.2, 0.0], "pair": [5.0, 0.0]}}]
+    assert cpu_per_step(blocks) == {"solo": pytest.approx((1.0, 0.05)), "pair": pytest.approx((2.0, 0.25))}
+    assert block_ratios(blocks, "solo", "pair") == [0.5, 1.0]
 
 
 def test_model_against_the_measured_np2_point():
@@ -242,3 +248,6 @@ def test_train_benchmark_end_to_end_at_tiny_sizes(tmp_path):
     assert "Horovod np=1 overhead vs plain loop, both in one process (4 steps of each, alternating)" in r.stdout
     assert "two np=1 loops at once (no communication) in the same blocks" in r.stdout
     assert "performance model of np=2 / np=1, 32px, interleaved blocks: contention" in r.stdout
+    [cpu] = [l for l in r.stdout.splitlines() if "CPU time per step on rank 0, 32px: training thread" in l]
+    bound = float(cpu.split("np=2 / np=1 <= ")[1].split("%")[0])
+    assert 10 < bound < 1000, cpu          # a ratio of a step time to a CPU time of the same order
