@@ -258,6 +258,11 @@ def cpu_per_step(blocks: list) -> dict:
     return out
 
 
+def phase_mean(blocks: list, w: str) -> float:
+    """Mean step time of one phase over all the blocks of an alternating run."""
+    return statistics.fmean(t for b in blocks for t in b[w])
+
+
 def block_ratios(blocks: list, num: str, den: str) -> list:
     """Per block of an alternating run, the ratio of the mean step times of two phases, sorted."""
     return sorted(statistics.fmean(b[num]) / statistics.fmean(b[den]) for b in blocks)
@@ -415,8 +420,7 @@ def main(argv=None) -> int:
         # the same blocks by CPU time (less noisy than wall time): does sharing the machine slow the computation
         # itself, and how much CPU do Horovod's and MPI's threads take from the training thread's core
         cpu = cpu_per_step(r["blocks"])
-        solo_step = statistics.fmean(t for b in r["blocks"] for t in b["solo"])
-        pair_step = statistics.fmean(t for b in r["blocks"] for t in b["pair"])
+        solo_step, pair_step = phase_mean(r["blocks"], "solo"), phase_mean(r["blocks"], "pair")
         print(f"  CPU time per step on rank 0, {sz}px: training thread {1e3 * cpu['solo'][0]:.0f} ms at np=1, "
               f"{1e3 * cpu['shared'][0]:.0f} ms beside another np=1 loop, {1e3 * cpu['pair'][0]:.0f} ms at np=2 (the same "
               f"work); Horovod's and MPI's threads {1e3 * cpu['pair'][1]:.0f} ms at np=2 (allreduce and waiting), "
@@ -443,10 +447,7 @@ def main(argv=None) -> int:
         # within blocks, the shared phase's step time (contention), the allreduce measured alone
         from covidnetx.perfmodel import shared_efficiency, straggler_time
         blocks = inter[args.size]
-
-        def mean_step(w):
-            return statistics.fmean(t for b in blocks for t in b[w])
-        t1, t_shared, t2 = mean_step("solo"), mean_step("shared"), mean_step("pair")
+        t1, t_shared, t2 = (phase_mean(blocks, w) for w in ("solo", "shared", "pair"))
         cv = pooled_cv([b["solo"] for b in blocks])
         wait = straggler_time(t1, cv, 2)
         model = shared_efficiency(t1, t_shared, statistics.fmean(ar), t_wait=wait)

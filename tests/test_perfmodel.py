@@ -79,11 +79,12 @@ def test_benchmark_summaries_on_known_values():
     # two launches at different levels (drift), the same spread within each: cv = within-spread / mean
     assert pooled_cv([[9, 11], [19, 21]]) == pytest.approx(math.sqrt(2) / 15)
     # interleaved blocks: CPU seconds per phase pooled over blocks, divided by all the phase's steps
-    from benchmarks.train import block_ratios, cpu_per_step
+    from benchmarks.train import block_ratios, cpu_per_step, phase_mean
     blocks = [{"solo": [1.0, 1.0], "pair": [2.0, 2.0], "cpu": {"solo": [1.8, 0.2], "pair": [3.0, 1.0]}},
               {"solo": [2.0, 2.0], "pair": [2.0, 2.0], "cpu": {"solo": [2.2, 0.0], "pair": [5.0, 0.0]}}]
     assert cpu_per_step(blocks) == {"solo": pytest.approx((1.0, 0.05)), "pair": pytest.approx((2.0, 0.25))}
     assert block_ratios(blocks, "solo", "pair") == [0.5, 1.0]
+    assert phase_mean(blocks, "solo") == 1.5 and phase_mean(blocks, "pair") == 2.0
 
 
 def test_model_against_the_measured_np2_point():
