@@ -1,0 +1,201 @@
+"""Result tables as the analysis reads them, and the rules every printed number follows.
+
+* Tables: covidnetx's results JSONL (finished rows; the latest row per ``run_id`` where rows carry one)
+  or any CSV with a header. Rows need only the columns a command names.
+* Cells: the runs that share everything but the seed. A cell of n >= 2 runs is shown as
+  "mean ± std (n)"; a cell of one run as its value with the run's own test-set 95% interval,
+  "value [lo–hi] (n=1)". A mean is never shown without its n.
+* Chance: a cell whose balanced accuracy cannot be told from chance (1 / number of classes) is flagged
+  wherever it is shown and left out of fits. Its interval is the run's test-set interval (n = 1), or,
+  for n >= 2, mean ± the root-sum-square of the seeds' t-interval half-width and the runs' mean test-set
+  half-width (the test set is shared by the seeds, so its noise does not average out), as a normal
+  interval (1.96: with 2-3 seeds a t quantile would call nearly every cell "chance"). A run whose
+  predictions all fall in one class is ``collapsed`` and is shown as such, never as an accuracy.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from covidnetx.utils import UserError
+
+# x axes derived from covidnetx result rows (other names are read as columns)
+DERIVED = {
+    "params": ("params", "params"),
+    "data": ("train_size", "pretrain_train_size"),             # (pre-training row, transfer row)
+    "compute": ("flops", "pretrain_flops"),
+    "epochs": ("epochs", "pretrain_epochs"),
+}
+
+
+def _number(v):
+    if v is None or isinstance(v, (int, float)):
+        return v
+    s = str(v).strip()
+    if s == "" or s.lower() in ("none", "null", "nan", "na"):
+        return None
+    if s.lower() in ("true", "false"):
+        return s.lower() == "true"
+    try:
+        f = float(s)
+    except ValueError:
+        return s
+    return int(f) if f.is_integer() and "." not in s and "e" not in s.lower() else f
+
+
+def load_table(path) -> list:
+    """Rows of a results JSONL or a CSV (numbers parsed, empty cells None)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"table {p} not found")
+    text = p.read_text()
+    if p.suffix.lower() == ".csv" or (p.suffix.lower() not in (".jsonl", ".json") and not text.lstrip().startswith("{")):
+        lines = text.splitlines()
+        if not lines:
+            raise UserError(f"{p}: empty table")
+        reader = csv.reader(lines)
+        header = next(reader)
+        rows = []
+        for n, fields in enumerate(reader, 2):
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                raise UserError(f"{p}:{n}: {len(fields)} fields, the header has {len(header)}")
+            rows.append({h: _number(v) for h, v in zip(header, fields)})
+        return rows
+    from covidnetx.results import load_results
+    return load_results(p)
+
+
+def final_rows(rows: list) -> list:
+    """Rows that end a run (``final`` true where the column exists), the latest per ``run_id`` where
+    rows carry one (a rerun's row replaces the earlier)."""
+    rows = [r for r in rows if r.get("final", True) not in (False, 0, "false", "False")]
+    if not any("run_id" in r for r in rows):
+        return rows
+    latest, order = {}, []
+    for r in rows:
+        rid = r.get("run_id")
+        if rid not in latest:
+            order.append(rid)
+            latest[rid] = r
+        elif (r.get("time") or 0) >= (latest[rid].get("time") or 0):
+            latest[rid] = r
+    return [latest[k] for k in order]
+
+
+def x_value(row: dict, axis: str):
+    """The x of a row: a column of that name, or for covidnetx result rows the derived axes (params,
+    data = pre-training set size, compute = pre-training FLOPs; transfer rows use their checkpoint's)."""
+    if axis in DERIVED and "task" in row:
+        pre, tr = DERIVED[axis]
+        v = row.get(tr if row.get("task") == "transfer" else pre)
+        return None if v is None else float(v)
+    v = row.get(axis)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def error_of(row: dict, metric: str, is_error: bool) -> tuple:
+    """(error, its test-set standard error in log units or nan) for one row; (None, nan) when absent."""
+    v = row.get(metric)
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        return None, float("nan")
+    err = float(v) if is_error else 1.0 - float(v)
+    lo, hi = row.get(f"{metric}_ci_lo"), row.get(f"{metric}_ci_hi")
+    sd = float("nan")
+    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and err > 0:
+        sd = (float(hi) - float(lo)) / 3.92 / err
+    return err, sd
+
+
+def n_classes(row: dict):
+    if isinstance(row.get("n_classes"), int):
+        return row["n_classes"]
+    k = sum(1 for key in row if key.startswith("sensitivity/"))
+    return k or None
+
+
+def collapsed(row: dict) -> bool:
+    """All predictions in one class (only rows that record predicted classes can say)."""
+    if "collapsed" in row:
+        return bool(row["collapsed"])
+    ppv = [v for k, v in row.items() if k.startswith("ppv/")]
+    k = n_classes(row)
+    # PPV is undefined (None) for a class that is never predicted
+    return bool(k and k > 1 and len(ppv) == k and sum(v is not None for v in ppv) == 1)
+
+
+def t975(dof: int) -> float:
+    from scipy.stats import t
+    return float(t.ppf(0.975, dof))
+
+
+def summarise(values, los=None, his=None, normal: bool = False) -> dict:
+    """n, mean, std (ddof 1), and the cell's 95% interval: the run's own test interval for n = 1, else
+    mean ± sqrt(seed half-width^2 + mean test half-width^2), the seed half-width t-based (or normal)."""
+    v = np.asarray([x for x in values if x is not None], np.float64)
+    out = {"n": int(len(v)), "mean": float(v.mean()) if len(v) else float("nan"),
+           "std": float(v.std(ddof=1)) if len(v) > 1 else float("nan"), "lo": float("nan"), "hi": float("nan")}
+    halves = []
+    if los is not None and his is not None:
+        halves = [(h - l) / 2 for l, h in zip(los, his) if isinstance(l, (int, float)) and isinstance(h, (int, float))]
+    if len(v) == 1:
+        if los is not None and isinstance(los[0], (int, float)) and isinstance(his[0], (int, float)):
+            out["lo"], out["hi"] = float(los[0]), float(his[0])
+    elif len(v) > 1:
+        h_seed = (1.959964 if normal else t975(len(v) - 1)) * out["std"] / math.sqrt(len(v))
+        h_test = float(np.mean(halves)) if halves else 0.0
+        h = math.hypot(h_seed, h_test)
+        out["lo"], out["hi"] = out["mean"] - h, out["mean"] + h
+    return out
+
+
+def cell_flags(rows: list) -> dict:
+    """Chance and collapse flags of one cell (rows = its runs): {'chance': bool|None, 'collapsed': k,
+    'interval': (lo, hi) of balanced accuracy}. ``chance`` is None where the rows cannot tell."""
+    k = next((n_classes(r) for r in rows if n_classes(r)), None)
+    ba = [r.get("balanced_accuracy") for r in rows]
+    n_coll = sum(collapsed(r) for r in rows)
+    if not k or any(not isinstance(b, (int, float)) for b in ba):
+        return {"chance": None, "collapsed": n_coll, "interval": (float("nan"), float("nan"))}
+    s = summarise(ba, [r.get("balanced_accuracy_ci_lo") for r in rows], [r.get("balanced_accuracy_ci_hi") for r in rows],
+                  normal=True)
+    lo = s["lo"]
+    at_chance = (n_coll == len(rows)) or (math.isfinite(lo) and lo <= 1.0 / k) or (
+        not math.isfinite(lo) and s["mean"] <= 1.0 / k)
+    return {"chance": bool(at_chance), "collapsed": n_coll, "interval": (s["lo"], s["hi"]), "chance_level": 1.0 / k}
+
+
+def format_cell(rows: list, metric: str, scale: float = 100.0, digits: int = 1) -> str:
+    """One table cell under the n-rules, with the chance / collapse flags."""
+    vals = [r.get(metric) for r in rows if isinstance(r.get(metric), (int, float))]
+    if not vals:
+        return ""
+    flags = cell_flags(rows)
+    if flags["collapsed"] == len(rows):
+        return f"collapsed (n={len(rows)})"
+    s = summarise(vals, [r.get(f"{metric}_ci_lo") for r in rows], [r.get(f"{metric}_ci_hi") for r in rows])
+    f = f"{{:.{digits}f}}"
+    if s["n"] == 1:
+        txt = f.format(scale * s["mean"])
+        if math.isfinite(s["lo"]):
+            txt += f" [{f.format(scale * s['lo'])}–{f.format(scale * s['hi'])}]"
+        txt += " (n=1)"
+    else:
+        txt = f"{f.format(scale * s['mean'])} ± {f.format(scale * s['std'])} (n={s['n']})"
+    if flags["collapsed"]:
+        txt += f", {flags['collapsed']} collapsed"
+    if flags["chance"]:
+        txt += " ⚠ chance"
+    return txt
+
+
+def cell_key(row: dict, exclude=("seed", "run_id", "time", "fewshot_seed", "pretrain_seed")) -> tuple:
+    """Runs that differ only in seeds share a cell: the identity is the run's configuration."""
+    keys = ("task", "source", "model", "source_fraction", "regime", "shots", "target", "pretrain_steps",
+            "pretrain_epochs", "params", "pretrain_train_size", "train_size")
+    return tuple((k, json.dumps(row.get(k), sort_keys=True)) for k in keys if k not in exclude)
