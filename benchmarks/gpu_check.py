@@ -51,7 +51,7 @@ def equality(packed: Path) -> int:
     dev = torch.device("cuda", 0)
     out = []
     for split, train, pp in (("val", False, Preprocess(image_size=224, resize_size=240)),
-                             ("train", True, Preprocess(image_size=224, rotate_deg=5.0))):
+                             ("train", True, Preprocess(image_size=224, rotate_deg=5.0, crop_scale=0.5, hflip=True))):
         view = Mixture([PackedDataset(packed, split)])
         kw = dict(train=train, steps=2 if train else None)
         a = list(make_loader("torch", view, pp, 32, 0, 0, 1, workers=0, **kw))

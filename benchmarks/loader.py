@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import hardware_tag, machine_line, mean_ci, write_csv  # noqa: E402
@@ -58,7 +57,7 @@ def ours_batches(packed: Path, kind: str, size: int, batch: int, workers: int, n
     from covidnetx.data.loader import Preprocess, make_loader, normalize
     import torch
     view = Mixture([PackedDataset(packed, "train")])
-    pp = Preprocess(image_size=size, rotate_deg=0.0)
+    pp = Preprocess(image_size=size, rotate_deg=0.0, crop_scale=0.5, hflip=True)
     dev = torch.device("cuda" if device == "gpu" else "cpu")
     # the consumer's one job here is normalising; with worker processes on every core, intra-op threads in
     # the main process would only contend with them (DALI sizes its thread pool from this too)

@@ -72,7 +72,7 @@ def worker(args) -> None:
         from covidnetx.data.hdf5 import PackedDataset
         from covidnetx.data.loader import Preprocess, make_loader, normalize
         view = Mixture([PackedDataset(args.data, "train")])
-        pp = Preprocess(image_size=args.size)
+        pp = Preprocess(image_size=args.size, crop_scale=0.5, hflip=True, rotate_deg=5.0)
         batches = make_loader(args.loader, view, pp, b, 0, rank, size, workers=args.workers, train=True,
                               steps=args.warmup + args.iters, device="gpu" if dev.type == "cuda" else "cpu",
                               torch_device=dev)

@@ -9,7 +9,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import yaml
 
@@ -25,14 +25,16 @@ class DataConfig:
     fraction_seed: int = 0                                # seed of the nested class-stratified fraction
     train_split: str = "train"                            # packed split to train on
     eval_split: str = "val"                               # val | test | "" (no evaluation)
+    val_split: str = "val"                                # transfer: split that selects (linear probe L2 strength)
     loader: str = "torch"                                 # torch | dali
     device: str = "cpu"                                   # where DALI runs: cpu | gpu
     workers: int = 0                                      # loader worker processes per rank
     image_size: int = 32                                  # model input (crop) size
     resize_size: int = 0                                  # eval: resize shorter side to this (0 = image_size)
-    augment: bool = True                                  # random-resized-crop, flip, small rotation
-    crop_scale: float = 0.5                               # smallest crop area fraction
-    rotate_deg: float = 5.0                               # largest rotation, degrees (either way)
+    augment: bool = True                                  # training: random-resized crop (+ flip, rotation if set)
+    crop_scale: float = 0.8                               # smallest crop area fraction (mild: small images keep their content)
+    hflip: bool = False                                   # horizontal flips (photos; off for X-rays, digits, text)
+    rotate_deg: float = 0.0                               # largest rotation, degrees (either way)
     mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])    # per channel, on [0, 1] pixels
     std: List[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])  # per channel
 
@@ -52,7 +54,8 @@ class OptimConfig:
     momentum: float = 0.9          # sgd momentum
     weight_decay: float = 0.0      # sgd: L2 added to the gradient; adamw: decoupled
     batch_size: int = 32           # per rank
-    steps: int = 0                 # 0 = BiT-HyperRule (by training-set size)
+    steps: int = 0                 # 0 = from epochs, else BiT-HyperRule (transfer) / 1000 (pre-training)
+    epochs: float = 0.0            # > 0: steps = ceil(epochs x training-set size / global batch) (steps must be 0)
     warmup_steps: int = -1         # -1 = BiT-HyperRule / 5% of steps
     schedule: str = "step"         # step (/10 at decay points) | cosine | constant
     decay_at: List[float] = field(default_factory=lambda: [0.4, 0.6, 0.8])   # fractions of steps
@@ -66,8 +69,11 @@ class Config:
     task: str = "pretrain"         # pretrain | transfer
     regime: str = "full"           # full | linear | fewshot (transfer)
     shots: List[int] = field(default_factory=lambda: [1, 5, 10, 25])   # fewshot: examples per class
-    seeds: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # fewshot: one run per (shots, seed)
-    seed: int = 0                  # initialisation, data order, augmentation, MixUp
+    seeds: List[int] = field(default_factory=list)   # one run per seed (every task and regime; few-shot: per (shots, seed)); [] = one run with seed
+    seed: int = 0                  # initialisation, data order, augmentation, MixUp; few-shot: the k-shot draw
+    fewshot_mode: str = "linear"   # fewshot: linear (probe on cached frozen features) | full (fine-tune on the k-shot subset)
+    probe_c: List[float] = field(default_factory=lambda: [1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1000.0])  # linear probe: inverse L2 strengths tried on the val split
+    feature_cache: str = ""        # folder of cached frozen features and transfer measures ("" = OUT_DIR/features)
     loss: str = "auto"             # auto | ce | bce (masked multi-label)
     hyperrule: bool = True         # BiT-HyperRule defaults for transfer where a value is left unset
     backend: str = "horovod"       # horovod | torch | none
@@ -84,7 +90,8 @@ class Config:
     target_name: str = ""          # label for the target in results ("" = derived)
     source_domain: str = ""        # e.g. natural | xray | mixed: intra- vs inter-domain grouping
     target_domain: str = ""        # as source_domain, for the target
-    alignment_samples: int = 256   # samples per side for the source-target alignment measure (0 = off)
+    alignment_samples: int = 256   # source images for the source-target alignment measures (0 = off)
+    alignment_reference: str = "random:resnet_w16"   # the one feature space for comparable alignment: random:MODEL (fixed init, seed 0) or a checkpoint
     threads: int = 0               # torch CPU threads per rank (0 = its launcher-bound CPUs, else cores / local ranks)
     bootstrap: int = 200           # bootstrap resamples for metric CIs
     data: DataConfig = field(default_factory=DataConfig)
@@ -97,7 +104,7 @@ CHOICES = {
     "backend": ("horovod", "torch", "none"), "precision": ("fp32", "bf16", "fp16"),
     "data.label_space": ("union", "intersection"), "data.loader": ("torch", "dali"),
     "data.device": ("cpu", "gpu"), "optim.name": ("sgd", "adamw"),
-    "optim.schedule": ("step", "cosine", "constant"),
+    "optim.schedule": ("step", "cosine", "constant"), "fewshot_mode": ("linear", "full"),
 }
 
 
@@ -177,6 +184,14 @@ def validate(cfg: Config) -> Config:
         raise UserError("config key 'optim.batch_size'/'optim.accum_steps': must be >= 1")
     if not 0 < cfg.data.fraction <= 1:
         raise UserError(f"config key 'data.fraction': {cfg.data.fraction} is not in (0, 1]")
+    if cfg.optim.epochs < 0 or (cfg.optim.epochs > 0 and cfg.optim.steps > 0):
+        raise UserError("config keys 'optim.epochs'/'optim.steps': give one of them (epochs >= 0)")
+    if not 0 < cfg.data.crop_scale <= 1:
+        raise UserError(f"config key 'data.crop_scale': {cfg.data.crop_scale} is not in (0, 1]")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise UserError(f"config key 'seeds': {cfg.seeds} repeats a seed")
+    if not cfg.probe_c or any(c <= 0 for c in cfg.probe_c):
+        raise UserError("config key 'probe_c': needs positive values")
     return cfg
 
 
@@ -285,6 +300,6 @@ def format_keys() -> str:
 
 
 def config_hash(cfg: Config, exclude=("out_dir", "results", "resume", "run_name", "eval_every", "ckpt_every",
-                                      "log_every", "threads")) -> str:
+                                      "log_every", "threads", "feature_cache")) -> str:
     d = {k: v for k, v in to_dict(cfg).items() if k not in exclude}
     return stable_hash(d, 12)

@@ -52,7 +52,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
     (["optim.lrr=1"], None, "unknown config key 'optim.lrr' (did you mean 'optim.lr'?)"),
     (["optm.lr=1"], None, "unknown config key 'optm.lr' (did you mean 'optim.lr'?)"),
     ([], "data: {image_sise: 64}\n", "unknown config key 'data.image_sise' (did you mean 'data.image_size'?)"),
-    (["zzz=1"], None, "unknown config key 'zzz' (known here: alignment_samples, backend,"),
+    (["zzz=1"], None, "unknown config key 'zzz' (known here: alignment_reference, alignment_samples, backend,"),
 ])
 def test_unknown_key_suggests_the_nearest_and_where_the_list_is(tmp_path, overrides, yaml_text, message):
     path = None

@@ -53,7 +53,7 @@ def test_dali_and_torch_give_the_same_eval_tensors(packed, ds, size, resize, cha
 
 def test_dali_and_torch_augment_alike(packed):
     view = Mixture([PackedDataset(packed / "nat", "train")])
-    pp = Preprocess(image_size=28, rotate_deg=5.0)
+    pp = Preprocess(image_size=28, rotate_deg=5.0, crop_scale=0.5, hflip=True)
     a = _collect("torch", view, pp, train=True, steps=3)
     b = _collect("dali", view, pp, train=True, steps=3, workers=2)      # parallel external source (fork)
     assert torch.equal(a["index"], b["index"])
@@ -173,7 +173,7 @@ def test_ranks_draw_different_augmentations(tmp_path, kind):
     run_cli("pack", "imagefolder", tmp_path / "raw", tmp_path / "p", "--splits", "1,0,0", "--encoding", "raw",
             "--no-progress")
     view = Mixture([PackedDataset(tmp_path / "p", "train")])
-    pp = Preprocess(image_size=32, rotate_deg=10.0)
+    pp = Preprocess(image_size=32, rotate_deg=10.0, crop_scale=0.5, hflip=True)
     r0, r1 = (_collect(kind, view, pp, rank=r, size=2, train=True, steps=2, batch=4)["image"] for r in (0, 1))
     same = [torch.equal(a, b) for a, b in zip(r0, r1)]
     assert not any(same), same

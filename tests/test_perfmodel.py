@@ -211,12 +211,15 @@ def test_gpu_check_runs_on_a_cpu_except_its_gpu_only_steps(tmp_path):
 def test_train_worker_with_channels_last_input_under_horovod(tmp_path):
     """The step benchmark's Horovod worker as jobscripts/scaling.sbatch runs it on GPUs, where the input is
     channels-last: with channels-last parameters Horovod's broadcast refuses them ("Tensor is required to
-    be contiguous"), so only the input takes that layout. Forced on here (a CPU) under mpirun -np 2."""
+    be contiguous"), so only the input takes that layout. Forced on here (a CPU) under mpirun -np 2, with
+    resnet_w8: on AVX2-only CPUs oneDNN's 1x1 stride-2 convolution backward (weights) on NHWC input with
+    fewer than 8 input channels (resnet_w4's first shortcut, 4 -> 8) writes past its workspace and crashes
+    the process (uxlfoundation/oneDNN#6035); covidnetx uses channels-last only on GPUs."""
     need_mpirun()
     pytest.importorskip("horovod.torch", reason="horovod not installed (make setup builds it)")
     from covidnetx.launch import mpirun_cmd
     r = subprocess.run(mpirun_cmd(2) + [sys.executable, str(REPO / "benchmarks" / "train.py"), "--worker", "hvd",
-                                        "--channels-last", "on", "--model", "resnet_w4", "--size", "32", "--batch", "4",
+                                        "--channels-last", "on", "--model", "resnet_w8", "--size", "32", "--batch", "4",
                                         "--iters", "3", "--warmup", "1", "--channels", "3"],
                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
@@ -252,3 +255,21 @@ def test_train_benchmark_end_to_end_at_tiny_sizes(tmp_path):
     [cpu] = [l for l in r.stdout.splitlines() if "CPU time per step on rank 0, 32px: training thread" in l]
     bound = float(cpu.split("np=2 / np=1 <= ")[1].split("%")[0])
     assert 10 < bound < 1000, cpu          # a ratio of a step time to a CPU time of the same order
+
+
+def test_probe_benchmark_runs_both_grids(tmp_path):
+    """benchmarks/probe.py at tiny sizes: both few-shot grids run, the CSV has one row per way with the
+    same number of cells, and the printed ratio is that of the two times."""
+    import csv
+    import re
+    import subprocess
+    import sys
+    from tests.conftest import REPO
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "probe.py"), "--shots", "1,2", "--seeds", "0,1",
+                        "--steps", "3", "--per-class", "10", "--model", "resnet_w4", "--out", str(tmp_path)],
+                       capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = list(csv.DictReader(open(next(tmp_path.glob("bench-probe-*.csv")))))
+    assert [x["mode"] for x in rows] == ["probe", "train"] and {x["cells"] for x in rows} == {"4"}
+    ratio = float(re.search(r"probes are ([\d.]+)x faster", r.stdout).group(1))
+    assert abs(ratio - float(rows[1]["seconds"]) / float(rows[0]["seconds"])) < 0.06

@@ -25,7 +25,7 @@ import math
 import os
 import signal
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -39,8 +39,9 @@ class Preprocess:
     image_size: int = 32
     resize_size: int = 0            # eval: shorter side to this, then centre crop (0 = image_size)
     augment: bool = True
-    crop_scale: float = 0.5
-    rotate_deg: float = 5.0
+    crop_scale: float = 0.8
+    rotate_deg: float = 0.0
+    hflip: bool = False
     mean: tuple = (0.5, 0.5, 0.5)
     std: tuple = (0.25, 0.25, 0.25)
     channels: int = 3               # model input channels (gray images are repeated)
@@ -48,6 +49,13 @@ class Preprocess:
     @property
     def eval_resize(self) -> int:
         return self.resize_size or self.image_size
+
+    @classmethod
+    def from_config(cls, data, augment: bool = True) -> "Preprocess":
+        """The preprocessing a config's ``data`` section asks for (``augment=False``: evaluation only)."""
+        return cls(image_size=data.image_size, resize_size=data.resize_size, augment=data.augment and augment,
+                   crop_scale=data.crop_scale, rotate_deg=data.rotate_deg, hflip=data.hflip,
+                   mean=tuple(data.mean), std=tuple(data.std))
 
 
 _MASK64 = (1 << 64) - 1
@@ -92,7 +100,7 @@ def augment_params(seed: int, position: int, h: int, w: int, pp: Preprocess) -> 
         ch, cw = h, w
     y0 = rng.integer(h - ch + 1)
     x0 = rng.integer(w - cw + 1)
-    flip = float(rng.uniform() < 0.5)
+    flip = float(rng.uniform() < 0.5 and pp.hflip)         # drawn either way: the stream stays aligned
     angle = rng.uniform(-pp.rotate_deg, pp.rotate_deg) if pp.rotate_deg > 0 else 0.0
     return np.array([y0, x0, ch, cw, flip, angle], np.float32)
 

@@ -20,8 +20,12 @@ def from_confusion(cm: np.ndarray, names) -> dict:
     rows, cols = cm.sum(1), cm.sum(0)
     sens = np.divide(diag, rows, out=np.full_like(diag, np.nan), where=rows > 0)
     ppv = np.divide(diag, cols, out=np.full_like(diag, np.nan), where=cols > 0)
+    predicted = int(np.sum(cols > 0))
     out = {"n": int(tot), "accuracy": float(diag.sum() / tot) if tot else float("nan"),
-           "balanced_accuracy": float(np.nanmean(sens)) if np.any(rows > 0) else float("nan")}
+           "balanced_accuracy": float(np.nanmean(sens)) if np.any(rows > 0) else float("nan"),
+           "n_classes": int(len(names)), "predicted_classes": predicted,
+           # every prediction in one class: an accuracy would only restate that class's share
+           "collapsed": bool(tot > 0 and len(names) > 1 and predicted <= 1)}
     for i, c in enumerate(names):
         out[f"sensitivity/{c}"] = float(sens[i])
         out[f"ppv/{c}"] = float(ppv[i])

@@ -107,13 +107,27 @@ def flops_per_sample(model: nn.Module, image_size: int, channels: int = 3) -> in
     return int(total[0])
 
 
+def read_checkpoint(path, what: str = "checkpoint"):
+    """The one place covidnetx reads a checkpoint file: ``torch.load`` with ``weights_only=True`` (tensors,
+    numbers, strings and containers; a pickle that would build any other object or call a function is
+    refused before it runs). A missing or unreadable file is a UserError naming it."""
+    import os
+    if not os.path.isfile(path):
+        raise UserError(f"{what} {str(path)!r} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to read is the same user-facing error
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{what} {str(path)!r} is not readable as a weights-only checkpoint "
+                        f"({type(e).__name__}: {first})") from None
+
+
 def load_weights(model: TransferModel, path: str, drop_head: bool = True) -> dict:
     """Load a covidnetx checkpoint or a plain state dict from a local file. With ``drop_head`` the
     classifier is not loaded (transfer to a new label space). Returns the checkpoint's metadata."""
-    import os
-    if not os.path.isfile(path):
-        raise UserError(f"weights file {path!r} not found")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = read_checkpoint(path, "weights file")
+    if not isinstance(ck, dict):
+        raise UserError(f"weights file {path!r} holds a {type(ck).__name__}, not a state dict")
     state = ck.get("model", ck) if isinstance(ck, dict) else ck
     if drop_head:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}

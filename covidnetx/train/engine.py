@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import signal
 import subprocess
@@ -29,7 +30,7 @@ from covidnetx import config as C
 from covidnetx.data.loader import Preprocess, make_loader, normalize
 from covidnetx.dist import to_device
 from covidnetx.eval.metrics import all_metrics, bootstrap_ci, confusion, from_confusion
-from covidnetx.models import count_params, create_model, flops_per_sample, load_weights
+from covidnetx.models import count_params, create_model, flops_per_sample, load_weights, read_checkpoint
 from covidnetx.results import append_row
 from covidnetx.train.schedule import bit_hyperrule, lr_at
 from covidnetx.utils import UserError, atomic_write_bytes, atomic_write_json
@@ -160,9 +161,40 @@ def mixup_batch(x: torch.Tensor, alpha: float, key: list) -> tuple:
     return x.mul(lam).add_(x[perm], alpha=1.0 - lam), perm, lam
 
 
+def result_row(cfg: C.Config, dist, meta: dict, metrics: dict, *, params: int, trainable_params: int,
+               train_size: int, steps: int, total_steps: int, samples_seen: int, global_batch: int, flops: float,
+               flops_fwd: int, img_per_s: float, mixup: float, final: bool) -> dict:
+    """One row of the results table (the engine's and the linear probe's): what ran, on what, and how it
+    scored; the metrics dict is merged in last."""
+    im = meta.get("init_meta") or {}
+    row = {
+        "run_id": cfg.run_name, "task": cfg.task, "model": cfg.model.name, "params": params,
+        "trainable_params": trainable_params, "source": meta.get("source"),
+        "source_fraction": meta.get("source_fraction"), "target": meta.get("target"),
+        "regime": cfg.regime if cfg.task == "transfer" else "pretrain", "shots": meta.get("shots"),
+        "seed": cfg.seed, "pretrain_seed": im.get("seed"), "world_size": dist.size, "global_batch": global_batch,
+        "steps": steps, "total_steps": total_steps, "samples_seen": samples_seen, "train_size": train_size,
+        "epochs": samples_seen / train_size if train_size else None,
+        "flops": flops, "flops_per_sample_fwd": flops_fwd,
+        "pretrain_flops": im.get("flops"), "pretrain_steps": im.get("steps"),
+        "pretrain_train_size": im.get("train_size"), "pretrain_epochs": im.get("epochs"),
+        "source_domain": meta.get("source_domain"), "target_domain": cfg.target_domain or None,
+        "domain_pair": meta.get("domain_pair"), "img_per_s": img_per_s, "precision": cfg.precision,
+        "mixup": mixup, "loader": cfg.data.loader, "backend": dist.backend, "eval_split": cfg.data.eval_split,
+        "git_sha": git_sha(), "config_hash": C.config_hash(cfg), "final": final, "time": time.time(),
+    }
+    for k in ("align_ref", "align_norm", "logme"):
+        row[k] = (meta.get("measures") or {}).get(k)
+    for k in ("accuracy", "balanced_accuracy", "auc", "ap"):
+        row[k] = metrics.get(k)
+    row.update({k: v for k, v in metrics.items() if k not in row})
+    return row
+
+
 class Trainer:
-    def __init__(self, cfg: C.Config, dist, train_view, eval_view, run_dir: Path, meta: dict):
+    def __init__(self, cfg: C.Config, dist, train_view, eval_view, run_dir: Path, meta: dict, val_view=None):
         self.cfg, self.dist, self.train_view, self.eval_view = cfg, dist, train_view, eval_view
+        self.val_view = val_view            # evaluations during the run (the eval split is scored at the end)
         self.run_dir, self.meta = Path(run_dir), dict(meta)
         self.multilabel = train_view.label_kind == "multilabel"
         self.class_names = list(train_view.class_names)
@@ -174,18 +206,19 @@ class Trainer:
         o = cfg.optim
         rule = bit_hyperrule(len(train_view))
         use_rule = cfg.task == "transfer" and cfg.hyperrule
-        self.steps = o.steps or (rule["steps"] if use_rule else 1000)
+        self.global_batch = o.batch_size * dist.size * o.accum_steps
+        if o.epochs > 0:
+            self.steps = max(1, math.ceil(o.epochs * len(train_view) / self.global_batch))
+        else:
+            self.steps = o.steps or (rule["steps"] if use_rule else 1000)
         self.warmup = o.warmup_steps if o.warmup_steps >= 0 else (
             min(rule["warmup"], self.steps // 5) if use_rule else max(1, self.steps // 20))
-        self.decay_at = ([d for d in rule["decay_at"] if d < self.steps] if (use_rule and not o.steps)
+        self.decay_at = ([d for d in rule["decay_at"] if d < self.steps] if (use_rule and not o.steps and not o.epochs)
                          else [int(f * self.steps) for f in o.decay_at])
         self.mixup = o.mixup if o.mixup >= 0 else (rule["mixup"] if use_rule else 0.0)
-        self.global_batch = o.batch_size * dist.size * o.accum_steps
         # Horovod: scale the learning rate by the global batch (i.e. by the number of ranks), with warmup
         self.base_lr = o.lr * self.global_batch / o.base_batch
-        self.pp = Preprocess(image_size=cfg.data.image_size, resize_size=cfg.data.resize_size,
-                             augment=cfg.data.augment, crop_scale=cfg.data.crop_scale,
-                             rotate_deg=cfg.data.rotate_deg, mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
+        self.pp = Preprocess.from_config(cfg.data)
 
     # ------------------------------------------------------------------------------------------------
     def _build(self):
@@ -196,11 +229,9 @@ class Trainer:
         start, state, how = 0, None, "scratch"
         own = self.run_dir / CKPT
         if own.is_file():
-            state, how = torch.load(own, map_location="cpu", weights_only=False), f"resumed from {own}"
+            state, how = read_checkpoint(own, "the run's own checkpoint"), f"resumed from {own}"
         elif cfg.resume:
-            if not os.path.isfile(cfg.resume):
-                raise UserError(f"config key 'resume': checkpoint {cfg.resume!r} not found")
-            state, how = torch.load(cfg.resume, map_location="cpu", weights_only=False), f"resumed from {cfg.resume}"
+            state, how = read_checkpoint(cfg.resume, "config key 'resume': checkpoint"), f"resumed from {cfg.resume}"
         elif cfg.model.init_from:
             ck = load_weights(model, cfg.model.init_from, drop_head=cfg.model.drop_head)
             how = f"initialised from {cfg.model.init_from} (head {'dropped' if cfg.model.drop_head else 'kept'})"
@@ -211,8 +242,6 @@ class Trainer:
             model.load_state_dict(state["model"])
             start = int(state["step"])
         model.to(self.device)
-        if cfg.task == "transfer" and cfg.model.init_from and "alignment" not in self.meta:
-            self.meta["alignment"] = self._alignment(model)
         if cfg.regime == "linear" and cfg.task == "transfer":
             model.freeze_backbone()
         params = [p for p in model.parameters() if p.requires_grad]
@@ -236,23 +265,6 @@ class Trainer:
                 self.scaler.load_state_dict(state["scaler"])
         self.model, self.opt, self.start_step, self.how = model, opt, start, how
         self.samples_before = int(state.get("samples_seen", start * self.global_batch)) if state else 0
-
-    _ALIGN_CACHE: dict = {}
-
-    def _alignment(self, model):
-        """Source-target feature distance under the initial (pre-trained) network; rank 0, broadcast."""
-        from covidnetx.scaling.alignment import source_target_alignment
-        cfg = self.cfg
-        key = (cfg.model.init_from, tuple(cfg.data.sources), cfg.data.image_size, cfg.alignment_samples)
-        if key not in Trainer._ALIGN_CACHE:
-            value = None
-            if self.dist.is_primary:
-                pp = Preprocess(image_size=cfg.data.image_size, resize_size=cfg.data.resize_size,
-                                mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
-                value = source_target_alignment(model, self.meta.get("init_meta") or {}, self.train_view, pp,
-                                                cfg.alignment_samples, self.device)
-            Trainer._ALIGN_CACHE[key] = self.dist.broadcast_object(value)
-        return Trainer._ALIGN_CACHE[key]
 
     def _autocast(self):
         return autocast(self.cfg.precision, self.device)
@@ -286,7 +298,8 @@ class Trainer:
         self.dist.barrier()
 
     def meta_for_ckpt(self, step, samples_seen) -> dict:
-        return {"model": self.cfg.model.name, "params": count_params(self.model),
+        return {"model": self.cfg.model.name, "params": count_params(self.model), "seed": self.cfg.seed,
+                "epochs": samples_seen / len(self.train_view) if len(self.train_view) else None,
                 "source": self.meta.get("source"), "source_fraction": self.meta.get("source_fraction"),
                 "steps": step, "samples_seen": samples_seen,
                 "flops": 3 * self.flops_fwd * samples_seen, "classes": self.class_names,
@@ -296,37 +309,24 @@ class Trainer:
                 "rename": dict(self.cfg.data.rename)}
 
     # ------------------------------------------------------------------------------------------------
-    def evaluate(self, step: int) -> dict:
-        if self.eval_view is None:
+    def evaluate(self, step: int, final: bool = True) -> dict:
+        """Metrics of the current model: at the end on the eval split; during the run on the val split
+        where there is one (a test split is then read once per run, at the end)."""
+        view = self.eval_view if (final or self.val_view is None) else self.val_view
+        if view is None:
             return {}
-        out = evaluate_model(self.model, self.eval_view, self.cfg, self.dist, self.pp)
+        out = evaluate_model(self.model, view, self.cfg, self.dist, self.pp)
+        out["split"] = self.cfg.data.eval_split if view is self.eval_view else self.cfg.data.val_split
         self.model.train()
         return out
 
     def result_row(self, metrics: dict, step: int, samples_seen: int, img_per_s: float, final: bool) -> dict:
-        cfg = self.cfg
-        row = {
-            "run_id": self.run_dir.name, "task": cfg.task, "model": cfg.model.name,
-            "params": count_params(self.model), "trainable_params": count_params(self.model, trainable_only=True),
-            "source": self.meta.get("source"), "source_fraction": self.meta.get("source_fraction"),
-            "target": self.meta.get("target"), "regime": cfg.regime if cfg.task == "transfer" else "pretrain",
-            "shots": self.meta.get("shots"), "seed": cfg.seed, "world_size": self.dist.size,
-            "global_batch": self.global_batch, "steps": step, "total_steps": self.steps,
-            "samples_seen": samples_seen, "train_size": len(self.train_view),
-            "flops": 3 * self.flops_fwd * samples_seen, "flops_per_sample_fwd": self.flops_fwd,
-            "pretrain_flops": (self.meta.get("init_meta") or {}).get("flops"),
-            "pretrain_steps": (self.meta.get("init_meta") or {}).get("steps"),
-            "pretrain_train_size": (self.meta.get("init_meta") or {}).get("train_size"),
-            "source_domain": self.meta.get("source_domain"), "target_domain": cfg.target_domain or None,
-            "domain_pair": self.meta.get("domain_pair"),
-            "alignment": self.meta.get("alignment"), "img_per_s": img_per_s, "precision": cfg.precision,
-            "mixup": self.mixup, "loader": cfg.data.loader, "backend": self.dist.backend, "eval_split": cfg.data.eval_split,
-            "git_sha": git_sha(), "config_hash": C.config_hash(cfg), "final": final, "time": time.time(),
-        }
-        for k in ("accuracy", "balanced_accuracy", "auc", "ap"):
-            row[k] = metrics.get(k)
-        row.update({k: v for k, v in metrics.items() if k not in row})
-        return row
+        return result_row(self.cfg, self.dist, self.meta, metrics, params=count_params(self.model),
+                          trainable_params=count_params(self.model, trainable_only=True),
+                          train_size=len(self.train_view), steps=step, total_steps=self.steps,
+                          samples_seen=samples_seen, global_batch=self.global_batch,
+                          flops=3 * self.flops_fwd * samples_seen, flops_fwd=self.flops_fwd, img_per_s=img_per_s,
+                          mixup=self.mixup, final=final)
 
     # ------------------------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -445,7 +445,7 @@ class Trainer:
                 if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < self.steps:
                     self.save(step, samples)
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < self.steps:
-                    m = self.evaluate(step)
+                    m = self.evaluate(step, final=False)
                     if dist.is_primary:
                         self._log_eval(writer, m, step, results, samples, 0.0, final=False)
             if stop_sum is not None:

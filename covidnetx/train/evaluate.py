@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -32,13 +31,8 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
 
 
 def _load_checkpoint(path: str) -> dict:
-    import torch
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint {path!r} not found")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise UserError(f"checkpoint {path!r} is not readable ({type(e).__name__}: {e})") from None
+    from covidnetx.models import read_checkpoint
+    ck = read_checkpoint(path)
     missing = [k for k in ("model", "config", "class_names") if not isinstance(ck, dict) or k not in ck]
     if missing:
         raise UserError(f"checkpoint {path!r} is not a covidnetx checkpoint (lacks {', '.join(missing)})")
@@ -72,8 +66,7 @@ def run(args) -> int:
         model = create_model(cfg.model.name, len(ck["class_names"]))
         model.load_state_dict(ck["model"])
         model.to(dist.device)
-        pp = Preprocess(image_size=cfg.data.image_size, resize_size=cfg.data.resize_size,
-                        mean=tuple(cfg.data.mean), std=tuple(cfg.data.std))
+        pp = Preprocess.from_config(cfg.data, augment=False)
         metrics = evaluate_model(model, view, cfg, dist, pp)
         if dist.is_primary:
             out = {"checkpoint": str(Path(args.checkpoint).resolve()), "step": ck.get("step"),

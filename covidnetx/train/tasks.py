@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
 from covidnetx import config as C
 from covidnetx.data.compose import Mixture, few_shot
 from covidnetx.data.hdf5 import PackedDataset
+from covidnetx.models import read_checkpoint
 from covidnetx.utils import UserError
 
 EXIT_NONFINITE = 3
@@ -46,17 +46,31 @@ def check_sources(cfg: C.Config) -> None:
 
 
 def _views(cfg: C.Config):
+    """(train, eval, val) views of the config's data: the train split (with the source fraction for
+    pre-training), the split scored at the end, and the val split used for choices during a run (None
+    when it is absent or is the eval split itself)."""
     check_sources(cfg)
+    if cfg.task == "transfer" and cfg.data.fraction != 1.0:
+        raise UserError("config key 'data.fraction': applies to pre-training sources only; transfer uses the "
+                        "whole target train split (few-shot: shots)")
     train_parts = [PackedDataset(s, cfg.data.train_split) for s in cfg.data.sources]
     frac = cfg.data.fraction if cfg.task == "pretrain" else 1.0
     train = Mixture(train_parts, cfg.data.label_space, frac, cfg.data.fraction_seed, cfg.data.rename)
-    ev = None
-    if cfg.data.eval_split:
-        ev = Mixture([PackedDataset(s, cfg.data.eval_split) for s in cfg.data.sources], cfg.data.label_space,
-                     1.0, 0, cfg.data.rename)
-        if ev.class_names != train.class_names:
-            raise UserError("train and eval splits map to different class lists")
-    return train, ev
+
+    def view(split):
+        v = Mixture([PackedDataset(s, split) for s in cfg.data.sources], cfg.data.label_space, 1.0, 0,
+                    cfg.data.rename)
+        if v.class_names != train.class_names:
+            raise UserError(f"train and {split} splits map to different class lists")
+        return v
+    ev = view(cfg.data.eval_split) if cfg.data.eval_split else None
+    val = None
+    if cfg.data.val_split and cfg.data.val_split != cfg.data.eval_split:
+        try:
+            val = view(cfg.data.val_split)
+        except UserError:
+            val = None
+    return train, ev, val
 
 
 def _name(cfg: C.Config) -> str:
@@ -66,19 +80,34 @@ def _name(cfg: C.Config) -> str:
 def _init_meta(path: str) -> dict:
     if not path or not os.path.isfile(path):
         return {}
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ck = read_checkpoint(path)
+    except UserError:  # unreadable: load_weights says so when the run starts
+        return {}
     return ck.get("meta", {}) if isinstance(ck, dict) else {}
 
 
+def _seeded(cfg: C.Config, name: str, seed: int, extra=()) -> C.Config:
+    return C.load_config(base=C.to_dict(cfg), overrides=[f"run_name={name}", f"seed={seed}", "seeds=[]", *extra])
+
+
 def plan_runs(cfg: C.Config) -> list:
-    """[(config, meta, subset indices or None)] for one command: one run, or shots x seeds for few-shot."""
+    """[(config, meta, subset indices or None)] for one command: one run per seed (``seeds``; [] = one
+    run with ``seed``), and for few-shot one per (shots, seed). With several seeds the runs are named
+    RUN-sSEED (few-shot: RUN-kK-sSEED)."""
     check_sources(cfg)
     base_hash = C.config_hash(cfg)
+    seeds = list(cfg.seeds) or [cfg.seed]
+
+    def per_seed(name, meta):
+        if not cfg.seeds:
+            return [(C.load_config(base=C.to_dict(cfg), overrides=[f"run_name={name}"]), meta, None)]
+        return [(_seeded(cfg, f"{name}-s{s}", s), meta, None) for s in seeds]
     if cfg.task == "pretrain":
         name = cfg.run_name or f"pretrain-{cfg.model.name}-{base_hash}"
         meta = {"source": cfg.source_name or _name(cfg), "source_fraction": cfg.data.fraction,
                 "target": cfg.target_name or _name(cfg), "shots": None}
-        return [(C.load_config(base=C.to_dict(cfg), overrides=[f"run_name={name}"]), meta, None)]
+        return per_seed(name, meta)
     im = _init_meta(cfg.model.init_from)
     sdom = cfg.source_domain or im.get("domain") or ""
     meta = {"source": cfg.source_name or im.get("source") or ("scratch" if not cfg.model.init_from else "unknown"),
@@ -86,19 +115,22 @@ def plan_runs(cfg: C.Config) -> list:
             "init_meta": im, "source_domain": sdom or None,
             "domain_pair": (("intra" if sdom == cfg.target_domain else "inter") if sdom and cfg.target_domain
                             else None)}
+    linear_probe = cfg.regime == "linear" or (cfg.regime == "fewshot" and cfg.fewshot_mode == "linear")
     if cfg.regime != "fewshot":
+        if linear_probe and cfg.model.init_from and len(seeds) > 1:
+            raise UserError("config key 'seeds': a linear probe of one checkpoint is deterministic, so seeds "
+                            "would repeat one run; probe checkpoints pre-trained with different seeds instead")
         name = cfg.run_name or f"transfer-{cfg.regime}-{cfg.model.name}-{base_hash}"
-        return [(C.load_config(base=C.to_dict(cfg), overrides=[f"run_name={name}"]), {**meta, "shots": None}, None)]
-    train, _ = _views(cfg)
+        return per_seed(name, {**meta, "shots": None})
+    train, _, _ = _views(cfg)
     if train.label_kind != "multiclass":
         raise UserError("few-shot transfer needs a multi-class target")
     runs = []
     for k in cfg.shots:
-        for seed in cfg.seeds:
+        for seed in seeds:
             idx = few_shot(train.labels, train.class_names, k, seed)
             name = f"{cfg.run_name or f'transfer-fewshot-{cfg.model.name}-{base_hash}'}-k{k}-s{seed}"
-            sub = C.load_config(base=C.to_dict(cfg), overrides=[f"run_name={name}", f"seed={seed}",
-                                                                 f"shots=[{k}]", f"seeds=[{seed}]"])
+            sub = _seeded(cfg, name, seed, [f"shots=[{k}]"])
             runs.append((sub, {**meta, "shots": k}, idx))
     return runs
 
@@ -110,10 +142,17 @@ def run_one(cfg: C.Config, meta: dict, subset, dist) -> dict:
         if dist.is_primary:
             print(f"[{cfg.run_name}] already done; skipping", flush=True)
         return json.loads((run_dir / DONE).read_text())
-    train, ev = _views(cfg)
+    train, ev, val = _views(cfg)
+    meta = dict(meta)
+    if cfg.task == "transfer" and cfg.model.init_from and "measures" not in meta:
+        from covidnetx.train.probe import transfer_measures
+        meta["measures"] = transfer_measures(cfg, dist, train, meta.get("init_meta") or {})
+    if cfg.task == "transfer" and (cfg.regime == "linear" or (cfg.regime == "fewshot" and cfg.fewshot_mode == "linear")):
+        from covidnetx.train.probe import run_probe
+        return run_probe(cfg, dist, train, ev, val, run_dir, meta, subset)
     if subset is not None:
         train = train.subset(subset)
-    return Trainer(cfg, dist, train, ev, run_dir, meta).fit()
+    return Trainer(cfg, dist, train, ev, run_dir, meta, val_view=val).fit()
 
 
 def default_threads() -> int:
