@@ -18,10 +18,11 @@ SUBCOMMANDS = {
     "evaluate": ("covidnetx.train.evaluate", "evaluate a saved checkpoint on a packed split (exact under any launcher)"),
     "runs": ("covidnetx.train.runs", "run several resolved configs in one launcher invocation (a sweep stage)"),
     "sweep": ("covidnetx.sweep", "expand a sweep file into runs; execute locally or as a chain of Slurm jobs"),
-    "fit": ("covidnetx.scaling.fitcmd", "fit scaling laws (saturating power law, bootstrap CIs) to a results table"),
+    "fit": ("covidnetx.scaling.fitcmd", "fit scaling laws to a results table or CSV (refuses what the data cannot support)"),
     "report": ("covidnetx.scaling.report", "write the Markdown report: tables, fits, plots"),
-    "bench": ("covidnetx.bench", "run a benchmark from benchmarks/ (pack, loader, train, allreduce, scaling, project, gpu_check)"),
-    "demo": ("covidnetx.demo", "the main job on the built-in default (or given) data"),
+    "bench": ("covidnetx.bench", "run a benchmark from benchmarks/ (pack, loader, train, allreduce, scaling, project, probe, gpu_check)"),
+    "study": ("covidnetx.study", "a whole transfer-scaling study from a preset (synthetic, real images, demo)"),
+    "demo": ("covidnetx.demo", "the main job: the demo study on built-in generated data"),
 }
 
 

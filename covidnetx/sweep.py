@@ -24,8 +24,10 @@ import yaml
 from covidnetx import config as C
 from covidnetx.utils import UserError, atomic_write_bytes
 
-SWEEP_KEYS = {"name", "out_dir", "np", "base", "sources", "target", "models", "fractions", "pretrain", "transfer",
-              "fit", "slurm", "pack"}
+SWEEP_KEYS = {"name", "out_dir", "np", "base", "sources", "target", "models", "fractions", "sizes", "data_models",
+              "seeds", "pretrain", "transfer", "fit", "slurm", "pack"}
+PRETRAIN_KEYS = {"steps", "epochs", "config"}
+TRANSFER_KEYS = {"regimes", "shots", "seeds", "fewshot_from", "config", "scratch"}
 
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
@@ -65,10 +67,22 @@ def load_sweep(path: str) -> dict:
     for name, src in sw["sources"].items():
         if not isinstance(src, dict) or not src.get("data"):
             raise UserError(f"{p}: sources.{name}: needs data: [packed folder, ...]")
+    for section, known in (("pretrain", PRETRAIN_KEYS), ("transfer", TRANSFER_KEYS)):
+        bad = sorted(set(sw.get(section) or {}) - known)
+        if bad:
+            raise UserError(f"{p}: unknown key {section}.{bad[0]!r} (known: {', '.join(sorted(known))})")
+    if sw.get("sizes") and sw.get("fractions"):
+        raise UserError(f"{p}: give fractions or sizes (source sizes in images), not both")
+    for name, src in sw["sources"].items():
+        bad = sorted(set(src) - {"data", "domain", "label_space", "rename", "config"})
+        if bad:
+            raise UserError(f"{p}: unknown key sources.{name}.{bad[0]!r}")
     sw.setdefault("name", p.stem)
     sw.setdefault("out_dir", str(Path("runs") / sw["name"]))
     sw.setdefault("np", 1)
-    sw.setdefault("fractions", [1.0])
+    if not sw.get("sizes"):
+        sw.setdefault("fractions", [1.0])
+    sw.setdefault("seeds", [0])
     sw.setdefault("pretrain", {})
     sw.setdefault("transfer", {})
     sw.setdefault("fit", {})
@@ -81,54 +95,111 @@ def _target(sw) -> dict:
     return {"data": data, "domain": t.get("domain", ""), "name": t.get("name", "")}
 
 
+def _fractions(sw: dict, src: dict) -> list:
+    """The source fractions of the data axis: ``fractions`` as given, or ``sizes`` (images) over the size
+    of this source's train split (so that sources of different sizes meet at the same sizes)."""
+    if not sw.get("sizes"):
+        return [float(f) for f in sw["fractions"]]
+    import json
+    n = 0
+    for d in src["data"]:
+        try:
+            n += int(json.loads((Path(d) / "index.json").read_text())["splits"]["train"]["count"])
+        except (OSError, ValueError, KeyError):
+            raise UserError(f"sizes: cannot read the train split size of {d!r} (packed dataset?)") from None
+    out = []
+    for size in sw["sizes"]:
+        if not 0 < size <= n:
+            raise UserError(f"sizes: {size} images asked of a source with {n} train images ({src['data']})")
+        out.append(round(size / n, 6))
+    return out
+
+
 def expand(sw: dict) -> tuple:
-    """-> (pretrain [(run_name, config)], transfer [(run_name, config, [expected run dirs])])."""
+    """-> (pretrain [(run_name, config)], transfer [(run_name, config, [expected run dirs])]).
+
+    Pre-training: sources x models x fractions (or sizes) x steps (or epochs) x seeds; ``data_models``
+    limits the data axis to those models (the others train on the largest fraction only). Transfer: each
+    pre-training run in each regime with the run's own seed (full and linear: one transfer per
+    pre-trained checkpoint, so a cell's n counts independent pre-training + transfer pipelines);
+    few-shot from the largest model and fraction per source, shots x transfer seeds per checkpoint; and
+    from-scratch baselines (transfer.scratch: models, regimes) with the sweep's seeds."""
     out = Path(sw["out_dir"])
-    common = {"out_dir": str(out / "runs"), "results": str(out / "results.jsonl")}
+    common = {"out_dir": str(out / "runs"), "results": str(out / "results.jsonl"),
+              "feature_cache": str(out / "features")}
     base = _merge(sw.get("base") or {}, common)
     pre, tr = [], []
-    steps_list = sw["pretrain"].get("steps", [0])
-    steps_list = steps_list if isinstance(steps_list, list) else [steps_list]
+    p = sw["pretrain"]
+    if "steps" in p and "epochs" in p:
+        raise UserError("pretrain: give steps or epochs, not both")
+    budget = [("epochs", float(e)) for e in _as_list(p["epochs"])] if "epochs" in p else \
+        [("steps", int(n)) for n in _as_list(p.get("steps", [0]))]
+    data_models = sw.get("data_models") or sw["models"]
     tgt = _target(sw)
     largest = {}
     for src_name, src in sw["sources"].items():
+        fracs = _fractions(sw, src)
         for model in sw["models"]:
-            for frac in sw["fractions"]:
-                for steps in steps_list:
-                    d = _merge(base, sw["pretrain"].get("config") or {})
-                    d = _merge(d, {"task": "pretrain", "model": {"name": model}, "source_name": src_name,
-                                   "source_domain": src.get("domain", ""),
-                                   "data": {"sources": list(src["data"]), "fraction": float(frac),
-                                            "label_space": src.get("label_space", "union"),
-                                            "rename": src.get("rename") or {}},
-                                   "optim": {"steps": int(steps)}})
-                    cfg = C.load_config(base=d)
-                    name = f"pre-{src_name}-{model}-f{frac:g}-n{steps}-{C.config_hash(cfg)[:8]}"
-                    cfg = C.load_config(base=d, overrides=[f"run_name={name}"])
-                    pre.append((name, cfg))
-                    rank = (sw["models"].index(model), frac, steps)
-                    if src_name not in largest or rank > largest[src_name][0]:
-                        largest[src_name] = (rank, name)
+            for frac in (fracs if model in data_models else [max(fracs)]):
+                for kind, amount in budget:
+                    for seed in sw["seeds"]:
+                        d = _merge(base, p.get("config") or {})
+                        d = _merge(d, src.get("config") or {})
+                        d = _merge(d, {"task": "pretrain", "model": {"name": model}, "source_name": src_name,
+                                       "source_domain": src.get("domain", ""), "seed": int(seed), "seeds": [],
+                                       "data": {"sources": list(src["data"]), "fraction": float(frac),
+                                                "label_space": src.get("label_space", "union"),
+                                                "rename": src.get("rename") or {}},
+                                       "optim": {kind: amount, ("steps" if kind == "epochs" else "epochs"): 0}})
+                        cfg = C.load_config(base=d)
+                        tag = f"e{amount:g}" if kind == "epochs" else f"n{amount}"
+                        name = f"pre-{src_name}-{model}-f{frac:g}-{tag}-s{seed}-{C.config_hash(cfg)[:8]}"
+                        cfg = C.load_config(base=d, overrides=[f"run_name={name}"])
+                        pre.append((name, cfg))
+                        rank = (sw["models"].index(model), frac, amount)
+                        if src_name not in largest or rank > largest[src_name][0]:
+                            largest[src_name] = (rank, [])
+                        if largest[src_name][0] == rank:
+                            largest[src_name][1].append(name)
     t = sw["transfer"]
     regimes = t.get("regimes", ["full"])
+    fs_seeds = t.get("seeds", [0, 1, 2, 3, 4])
+
+    def transfer_cfg(regime, extra, name_stem):
+        d = _merge(base, t.get("config") or {})
+        d = _merge(d, {"task": "transfer", "regime": regime, "target_name": tgt["name"],
+                       "target_domain": tgt["domain"], "data": {"sources": tgt["data"]},
+                       "shots": t.get("shots", [1, 5, 10]), **extra})
+        cfg = C.load_config(base=d)
+        tname = f"{name_stem}-{C.config_hash(cfg)[:8]}"
+        return tname, C.load_config(base=d, overrides=[f"run_name={tname}"])
+
     for name, pcfg in pre:
         for regime in regimes:
             if regime == "fewshot" and t.get("fewshot_from", "largest") == "largest" \
-                    and largest[pcfg.source_name][1] != name:
+                    and name not in largest[pcfg.source_name][1]:
                 continue
-            d = _merge(base, t.get("config") or {})
-            d = _merge(d, {"task": "transfer", "regime": regime, "model": {"name": pcfg.model.name,
-                                                                           "init_from": str(out / "runs" / name / "last.ckpt")},
-                           "target_name": tgt["name"], "target_domain": tgt["domain"],
-                           "source_domain": pcfg.source_domain,
-                           "data": {"sources": tgt["data"]}, "shots": t.get("shots", [1, 5, 10]),
-                           "seeds": t.get("seeds", [0, 1, 2, 3, 4])})
-            cfg = C.load_config(base=d)
-            tname = f"tr-{regime}-{name}-{C.config_hash(cfg)[:8]}"
-            cfg = C.load_config(base=d, overrides=[f"run_name={tname}"])
+            extra = {"model": {"name": pcfg.model.name, "init_from": str(out / "runs" / name / "last.ckpt")},
+                     "source_domain": pcfg.source_domain, "seed": pcfg.seed,
+                     "seeds": fs_seeds if regime == "fewshot" else []}
+            tname, cfg = transfer_cfg(regime, extra, f"tr-{regime}-{name}")
             subs = [f"{tname}-k{k}-s{s}" for k in cfg.shots for s in cfg.seeds] if regime == "fewshot" else [tname]
             tr.append((tname, cfg, subs))
+    scratch = t.get("scratch") or {}
+    for model in scratch.get("models", []):
+        for regime in scratch.get("regimes", ["full"]):
+            if regime == "fewshot":
+                raise UserError("transfer.scratch.regimes: full and/or linear (few-shot needs a checkpoint)")
+            for seed in sw["seeds"]:
+                extra = {"model": {"name": model, "init_from": ""}, "source_name": "scratch", "seed": int(seed),
+                         "seeds": []}
+                tname, cfg = transfer_cfg(regime, extra, f"tr-{regime}-scratch-{model}-s{seed}")
+                tr.append((tname, cfg, [tname]))
     return pre, tr
+
+
+def _as_list(v) -> list:
+    return v if isinstance(v, list) else [v]
 
 
 def write_configs(sw: dict, pre: list, tr: list) -> dict:

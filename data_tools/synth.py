@@ -62,8 +62,9 @@ def _blob(y, x, cy, cx, sy, sx):
     return np.exp(-(((y - cy) / sy) ** 2 + ((x - cx) / sx) ** 2))
 
 
-def chest_image(patient: dict, finding: str, rng: np.random.Generator, n: int = 64) -> np.ndarray:
-    """A frontal chest radiograph caricature: body, two dark lungs, heart, spine, ribs, plus a finding."""
+def chest_image(patient: dict, finding: str, rng: np.random.Generator, n: int = 64, severity: float = 1.0) -> np.ndarray:
+    """A frontal chest radiograph caricature: body, two dark lungs, heart, spine, ribs, plus a finding
+    whose contrast is scaled by ``severity`` (subtle cases near 0 make some images ambiguous)."""
     y, x = _grid(n)
     p = patient
     s = n / 64.0
@@ -79,26 +80,26 @@ def chest_image(patient: dict, finding: str, rng: np.random.Generator, n: int = 
     in_lungs = lungs[0][0] | lungs[1][0]
     img += 14 * ribs * in_lungs
     img += 60 * (np.abs(x - 32 * s) < 2.2 * s) * (y > 8 * s)
-    heart_r = p["heart"] * (1.45 if finding == "cardiomegaly" else 1.0)
+    heart_r = p["heart"] * (1 + 0.45 * severity if finding == "cardiomegaly" else 1.0)
     img += 70 * _blob(y, x, 40 * s, 29 * s, 8 * s * heart_r, 9 * s * heart_r)
     side = int(rng.integers(0, 2))
     lung, cx = lungs[side]
     if finding == "effusion":
         level = 30 * s + 17 * s * p["height"] * rng.uniform(0.25, 0.55)
-        img += 75 * (lung & (y > level + 2 * s * np.cos((x - cx) / (4 * s))))
+        img += 75 * severity * (lung & (y > level + 2 * s * np.cos((x - cx) / (4 * s))))
     elif finding == "nodule":
         cy, cxx = 28 * s + rng.normal(0, 5 * s), cx + rng.normal(0, 2 * s)
-        img += 95 * _blob(y, x, cy, cxx, 2.2 * s, 2.2 * s)
+        img += 95 * severity * _blob(y, x, cy, cxx, 2.2 * s, 2.2 * s)
     elif finding == "pneumonia":
         cy, cxx = 34 * s + rng.normal(0, 3 * s), cx + rng.normal(0, 1.5 * s)
-        img += 80 * _blob(y, x, cy, cxx, 6.5 * s, 4.5 * s) * lung
+        img += 80 * severity * _blob(y, x, cy, cxx, 6.5 * s, 4.5 * s) * lung
     elif finding == "COVID-19":
         for lung_i, c_i in lungs:
             outer = 1 if c_i > 32 * s else -1
             for _ in range(3):
                 cy = 30 * s + rng.normal(0, 7 * s)
                 cxx = c_i + outer * 4.5 * s * p["width"] + rng.normal(0, 1 * s)
-                img += 32 * _blob(y, x, cy, cxx, 4.5 * s, 2.5 * s) * lung_i
+                img += 32 * severity * _blob(y, x, cy, cxx, 4.5 * s, 2.5 * s) * lung_i
     img = img * p["exposure"] + rng.normal(0, 6, (n, n))
     return np.clip(img, 0, 255).astype(np.uint8)
 
@@ -124,7 +125,7 @@ def _write_csv(path: Path, rows: list) -> None:
 
 
 def _xray_set(root: Path, classes, per_class: int, images_per_patient: tuple, source: str,
-              rng: np.random.Generator, size: int) -> None:
+              rng: np.random.Generator, size: int, severity=(1.0, 1.0)) -> None:
     rows = []
     pid = 0
     for cls in classes:
@@ -135,27 +136,37 @@ def _xray_set(root: Path, classes, per_class: int, images_per_patient: tuple, so
             for _ in range(min(int(rng.integers(images_per_patient[0], images_per_patient[1] + 1)),
                                per_class - made)):
                 rel = f"images/{cls}/{source}-p{pid:04d}-{made:04d}.png"
-                _save(chest_image(patient, cls, rng, size), root / rel)
+                sev = rng.uniform(*severity) if severity[0] < severity[1] else severity[0]
+                _save(chest_image(patient, cls, rng, size, sev), root / rel)
                 rows.append([rel, cls, f"{source}-p{pid:04d}", rng.choice(["PA", "AP"]), source])
                 made += 1
     _write_csv(root / "labels.csv", rows)
 
 
 def generate(out: str | os.PathLike, per_class: int = 160, target_per_class: int = 100, seed: int = 0,
-             xray_size: int = 64) -> dict:
-    """Write the three raw datasets under ``out``; return {name: path}. Skips what is already complete."""
+             xray_size: int = 64, xray_per_class: int | None = None, target_severity=(1.0, 1.0)) -> dict:
+    """Write the three raw datasets under ``out``; return {name: path}. Skips what is already complete.
+    ``per_class``: natural images per class; ``xray_per_class``: X-ray source images per class (default
+    per_class); ``target_per_class``: target images per class; ``target_severity``: the range the
+    target's finding contrast is drawn from per image (low values: subtle, sometimes ambiguous cases, so
+    that no model reaches zero error)."""
     out = Path(out)
+    xray_per_class = per_class if xray_per_class is None else xray_per_class
     paths = {"natural": out / "natural", "xray-source": out / "xray-source", "xray-target": out / "xray-target"}
     stamp = out / ".complete"
-    want = f"{per_class} {target_per_class} {seed} {xray_size}\n"
+    want = f"{per_class} {target_per_class} {seed} {xray_size} {xray_per_class} {tuple(target_severity)}\n"
     if stamp.is_file() and stamp.read_text() == want:
         return {k: str(v) for k, v in paths.items()}
+    import shutil
+    for p in paths.values():                  # other settings were asked for: start clean
+        shutil.rmtree(p, ignore_errors=True)
+    stamp.unlink(missing_ok=True)
     rng = np.random.default_rng(seed)
     for cls in NATURAL_CLASSES:
         for i in range(per_class):
             _save(natural_image(cls, rng), paths["natural"] / cls / f"{cls}-{i:04d}.png")
-    _xray_set(paths["xray-source"], XRAY_SOURCE_CLASSES, per_class, (2, 5), "synth-cxr", rng, xray_size)
+    _xray_set(paths["xray-source"], XRAY_SOURCE_CLASSES, xray_per_class, (2, 5), "synth-cxr", rng, xray_size)
     _xray_set(paths["xray-target"], XRAY_TARGET_CLASSES, target_per_class, (1, 3), "synth-covidx", rng,
-              xray_size)
+              xray_size, tuple(target_severity))
     stamp.write_text(want)
     return {k: str(v) for k, v in paths.items()}

@@ -37,43 +37,52 @@ def test_demo_packing_stage_with_two_ranks(tmp_path):
     assert r.stdout.count("OK: checksums, counts and patient-disjoint splits verified") == 3
     assert "2 rank(s)" in r.stdout
     packed = tmp_path / "d" / "packed"
-    assert sorted(p.name for p in packed.iterdir()) == ["natural", "xray-source", "xray-target"]
-    tgt = load_index(packed / "xray-target")
-    assert tgt["class_names"] == ["COVID-19", "normal", "pneumonia"] and tgt["num_samples"] == 300
+    assert sorted(p.name for p in packed.iterdir()) == ["natural", "target", "xray"]
+    tgt = load_index(packed / "target")
+    assert tgt["class_names"] == ["COVID-19", "normal", "pneumonia"] and tgt["num_samples"] == 1200
+    assert tgt["splits"]["test"]["count"] >= 300                  # the study's target: >= 300 test images
     assert load_index(packed / "natural")["channels"] == 3
-    # merged label space of the two sources: 5 natural + 4 x-ray classes
-    assert "classes ['cross', 'disc', 'ring', 'square', 'stripes', 'cardiomegaly', 'clear', 'effusion', 'nodule']" in r.stdout
     # a second run keeps everything (idempotent)
     r2 = subprocess.run([sys.executable, "-m", "covidnetx.cli", "demo", "--out", str(tmp_path / "d"), "--np", "2",
                          "--pack-only"], capture_output=True, text=True, cwd=REPO, timeout=900)
     assert r2.returncode == 0 and "0 written" in r2.stdout and " 0 kept" not in r2.stdout
-    assert len(PackedDataset(packed / "xray-target", "train")) == tgt["splits"]["train"]["count"]
+    assert len(PackedDataset(packed / "target", "train")) == tgt["splits"]["train"]["count"]
 
 
-def test_demo_study_on_the_real_images(tmp_path, natural_small, cxr_small):
-    """`covidnetx demo --source natural-small --target cxr-small`, shrunk: pack, pre-train 2 sizes (np=2),
-    transfer in all three regimes, fit, report; the report's table must hold the numbers of the runs."""
+def test_study_on_the_real_images_shrunk(tmp_path, natural_small, cxr_small):
+    """`covidnetx study --preset real` (natural-small and nih-small -> cxr-small), shrunk: pack, pre-train
+    2 widths and 2 sizes with 2 seeds (np=2), transfer in every regime, a scratch baseline, fit, report.
+    The report's cells follow the n-rules, hold the runs' numbers, and its fits refuse 2 points."""
     need_mpirun()
-    out = tmp_path / "d"
-    r = subprocess.run([sys.executable, "-m", "covidnetx.cli", "demo", "--out", str(out), "--np", "2",
-                        "--source", str(natural_small), "--target", str(cxr_small), "--models", "resnet_w4,resnet_w8",
-                        "--fractions", "1.0", "--pretrain-steps", "8", "--transfer-steps", "4", "--shots", "1",
-                        "--seeds", "0,1"], capture_output=True, text=True, cwd=REPO, timeout=1200)
+    from tests.conftest import shared
+    shared("nih-small")
+    out = tmp_path / "s"
+    r = subprocess.run([sys.executable, "-m", "covidnetx.cli", "study", "--preset", "real", "--out", str(out), "--np", "2",
+                        "--models", "resnet_w4,resnet_w6", "--sizes", "40,120", "--seeds", "0,1", "--shots", "1,25",
+                        "--epochs", "1"], capture_output=True, text=True, cwd=REPO, timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "few-shot k = 25 left out: class 'normal' has" in r.stdout       # cxr-small has 12 normal images
     from covidnetx.results import load_results
+    from covidnetx.scaling.table import format_cell
     rows = [x for x in load_results(out / "study" / "results.jsonl") if x["final"]]
     assert sorted({x["regime"] for x in rows}) == ["fewshot", "full", "linear", "pretrain"]
-    assert all(x["world_size"] == 2 and x["target"] == "target-cxr-small" for x in rows if x["task"] == "transfer")
+    assert {x["source"] for x in rows} == {"natural", "nih", "scratch"}
+    assert all(x["world_size"] == 2 and x["target"] == "target" for x in rows if x["task"] == "transfer")
+    pre = [x for x in rows if x["task"] == "pretrain"]
+    assert len(pre) == 2 * 3 * 2 and {x["seed"] for x in pre} == {0, 1}         # L design: 3 cells x 2 seeds
     report = (out / "study" / "report" / "report.md").read_text()
-    for x in rows:
-        if x["regime"] in ("full", "linear"):
-            line = [l for l in report.splitlines() if l.startswith(f"| {x['source']} | {x['model']} | 1 |")][0]
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            header = [h.strip() for h in report.split("## Transfer results")[1].splitlines()[2].strip("|").split("|")]
-            assert cells[header.index(x["regime"])] == f"{100 * x['accuracy']:.1f}"
-    fs = [100 * x["accuracy"] for x in rows if x["regime"] == "fewshot" and x["model"] == "resnet_w8"]
-    import numpy as np
-    assert f"{np.mean(fs):.1f} ± {np.std(fs):.1f} (n=2)" in report
-    for name in ("error-vs-params.png", "error-vs-data.pdf", "fewshot.png", "fits-compute.csv"):
-        assert (out / "study" / "report" / name).is_file()
+    assert report.startswith("# Transfer scaling study: real") and "Command: `covidnetx study" in report
+    table = report.split("## Transfer results")[1].split("\n## ")[0]
+    header = [h.strip() for h in table.splitlines()[2].strip("|").split("|")]
+    for src in ("natural", "nih"):
+        cell = [x for x in rows if x["source"] == src and x["regime"] == "full" and x["model"] == "resnet_w4"]
+        assert len(cell) == 2 and {x["pretrain_seed"] for x in cell} == {0, 1}
+        line = [l for l in table.splitlines() if l.startswith(f"| {src} | resnet_w4 |")][0]
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[header.index("full")] == format_cell(cell, "balanced_accuracy")
+        assert "(n=2)" in cells[header.index("full")] or "collapsed" in cells[header.index("full")]
+    assert "### Intra- minus inter-domain transfer (paired)" in report
+    assert "| params | " in report and "| ok |" not in report             # 2 widths: every fit refused
+    for name in ("error-vs-params.png", "error-vs-data.pdf", "fewshot.png", "fits-params.csv", "domains.png"):
+        assert (out / "study" / "report" / name).is_file(), name
     assert f"report: {out / 'study' / 'report' / 'report.md'}" in r.stdout

@@ -59,9 +59,11 @@ def test_sweep_as_a_job_chain_with_srun_horovod(slurm, packed, tmp_path):
     finals = [x for x in rows if x["final"]]
     assert sorted(x["regime"] for x in finals) == ["fewshot", "full", "pretrain"], logs[-3000:]
     for x in finals:
-        assert x["world_size"] == 2 and x["ranks_in_sync"] is True and x["backend"] == "horovod"
+        assert x["world_size"] == 2 and x["backend"] == "horovod"
+        # engine runs end with every rank in sync; the few-shot row is a probe on cached features
+        assert x["ranks_in_sync"] is True if x["regime"] != "fewshot" else "probe_c" in x
     assert (study / "report" / "report.md").is_file(), logs[-3000:]
-    assert (study / "report" / "error-vs-params.png").is_file()
+    assert (study / "report" / "fewshot.png").is_file()
 
 
 def test_usr1_checkpoints_requeues_and_finishes(slurm, packed, tmp_path):
@@ -96,7 +98,7 @@ def test_usr1_checkpoints_requeues_and_finishes(slurm, packed, tmp_path):
     slurm.wait_all(timeout=600)
     logs = "\n".join(p.read_text() for p in sorted((study / "logs").glob("*.out")))
     assert "requeueing job" in logs and f"interrupted at step {stopped}" in logs, logs[-3000:]
-    assert f"resumed from" in logs
+    assert "resumed from" in logs
     done = json.loads((study / "runs" / run / "done.json").read_text())
     assert done["steps"] == 400 and done["world_size"] == 2
 

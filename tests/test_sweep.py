@@ -1,7 +1,6 @@
 """Sweep expansion, stable run ids, rendered job scripts (golden files), and the local executor."""
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -133,3 +132,47 @@ def test_status_reports_each_run_and_exits_1_until_all_are_done(tmp_path, capsys
         (runs / name / "done.json").write_text("{}")
     assert main([str(path), "--status"]) == 0
     assert f"{len(pre) + len(tr)} of {len(pre) + len(tr)} runs done" in capsys.readouterr().out
+
+
+def test_study_design_expansion_seeds_sizes_and_scratch(tmp_path):
+    """The study's design: an L of widths (at the largest size) and sizes (on one width), every pre-training
+    seed its own run, each checkpoint transferred with its own seed (full, linear), few-shot k x seeds from
+    the largest model's checkpoints, and a from-scratch baseline per seed; sizes become per-source fractions."""
+    import json
+    for name, n in (("nat", 1000), ("xr", 500)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "index.json").write_text(json.dumps({"splits": {"train": {"count": n}}}))
+    p = _sweep(tmp_path, sources={"nat": {"data": [str(tmp_path / "nat")], "domain": "natural",
+                                          "config": {"data": {"hflip": True}}},
+                                  "xr": {"data": [str(tmp_path / "xr")], "domain": "xray"}},
+               models=["resnet_w4", "resnet_w6", "resnet_w8"], data_models=["resnet_w6"], fractions=None,
+               sizes=[50, 200, 500], seeds=[0, 1, 2], pretrain={"epochs": 3},
+               transfer={"regimes": ["full", "linear", "fewshot"], "shots": [1, 5], "seeds": [0, 1, 2, 3, 4],
+                         "scratch": {"models": ["resnet_w8"], "regimes": ["full", "linear"]}})
+    d = yaml.safe_load(p.read_text())
+    d.pop("fractions")
+    p.write_text(yaml.safe_dump(d))
+    sw = load_sweep(str(p))
+    pre, tr = expand(sw)
+    assert len(pre) == 2 * (2 + 3) * 3                         # (2 widths at 500 + w6 at 3 sizes) x 3 seeds
+    by_src = {s: [c for _, c in pre if c.source_name == s] for s in ("nat", "xr")}
+    assert sorted({c.data.fraction for c in by_src["nat"]}) == [0.05, 0.2, 0.5]
+    assert sorted({c.data.fraction for c in by_src["xr"]}) == [0.1, 0.4, 1.0]
+    assert all(c.data.hflip for c in by_src["nat"]) and not any(c.data.hflip for c in by_src["xr"])
+    assert all(c.optim.epochs == 3 and c.optim.steps == 0 and c.seeds == [] for _, c in pre)
+    assert sorted({c.seed for _, c in pre}) == [0, 1, 2]
+    full = [c for _, c, _ in tr if c.regime == "full" and c.source_name != "scratch"]
+    assert len(full) == len(pre)
+    for c in full:                                              # paired: the checkpoint's own seed
+        ck = c.model.init_from.split("/")[-2]
+        assert ck.endswith("-" + ck.split("-")[-1]) and f"-s{c.seed}-" in ck and c.seeds == []
+    fs = [t for t in tr if t[1].regime == "fewshot"]
+    assert len(fs) == 2 * 3 and all(len(t[2]) == 2 * 5 for t in fs)       # per source: 3 checkpoints of w8
+    assert all("resnet_w8-f" in t[1].model.init_from for t in fs)
+    scratch = [t for t in tr if t[1].source_name == "scratch"]
+    assert len(scratch) == 2 * 3 and all(t[1].model.init_from == "" for t in scratch)
+    with pytest.raises(UserError, match="sizes: 2000 images asked of a source with 1000"):
+        d["sizes"] = [2000]
+        p.write_text(yaml.safe_dump(d))
+        expand(load_sweep(str(p)))

@@ -47,8 +47,10 @@ class SmallResNet(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1)
 
 
-# the CPU size axis: ~20k ... ~11M parameters (> 500x)
-SMALL = {"resnet_w4": (4, (1, 1, 1, 1)), "resnet_w8": (8, (1, 1, 1, 1)), "resnet_w16": (16, (1, 1, 1, 1)),
+# the CPU size axis: ~20k ... ~11M parameters (> 500x); w4 ... w23 (one block per stage) are five widths
+# evenly spaced in log(params) over 1.5 decades (20k, 44k, 146k, 308k, 635k), each affordable on a CPU
+SMALL = {"resnet_w4": (4, (1, 1, 1, 1)), "resnet_w6": (6, (1, 1, 1, 1)), "resnet_w8": (8, (1, 1, 1, 1)),
+         "resnet_w11": (11, (1, 1, 1, 1)), "resnet_w16": (16, (1, 1, 1, 1)), "resnet_w23": (23, (1, 1, 1, 1)),
          "resnet_w32": (32, (2, 2, 2, 2)), "resnet_w64": (64, (2, 2, 2, 2))}
 for _name, (_w, _d) in SMALL.items():
     register(_name)(lambda w=_w, d=_d: (lambda m: (m, m.out_dim))(SmallResNet(w, d)))

@@ -1,98 +1,155 @@
-"""Fits and the report over a results table.
+"""`covidnetx report RESULTS [--out DIR]`: the study's Markdown report, tables and plots.
 
-    covidnetx fit RESULTS [--x params|data|compute] [--metric accuracy] [--by source,regime,shots] [--out DIR]
-    covidnetx report RESULTS [--out DIR] [--metric accuracy]
-
-Error is 1 - metric. The x axes: params (model parameters), data (pre-training set size: source samples
-after the fraction), compute (pre-training FLOPs: 3 x forward FLOPs x samples seen; fitted on the
-compute-optimal frontier). Pre-training rows use their own size/FLOPs; transfer rows those of the
-checkpoint they started from. Points are averaged over seeds before fitting.
+It leads with the headline comparisons and their 95% CIs (the paired intra- minus inter-domain
+difference per regime; the exponent per scaling axis, or why there is none), then gives every cell
+under the n-rules of covidnetx.scaling.table (mean ± std with n only where n >= 2; one run with its
+test-set interval; chance and collapsed cells flagged), the fits per axis (covidnetx.scaling.fitcmd:
+statuses ok / no-trend / refused), few-shot curves, and whether the alignment and transferability
+measures predict transfer (Kendall's tau across source checkpoints, with CIs).
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from covidnetx.results import load_results
-from covidnetx.scaling.fit import compute_frontier, fit_law
-from covidnetx.utils import UserError, atomic_write_bytes, atomic_write_json
+from covidnetx.scaling import table as T
+from covidnetx.scaling.fitcmd import describe, fit_table, plot_fits, write_fits
+from covidnetx.utils import UserError, atomic_write_bytes
 
-AXES = ("params", "data", "compute")
+MEASURES = (("align_ref", "alignment, reference space (Fréchet)", "-"),
+            ("align_norm", "alignment, own features (normalised Fréchet)", "-"),
+            ("logme", "LogME", "+"))
 
 
-def final_rows(path) -> list:
-    rows = [r for r in load_results(path) if r.get("final")]
-    latest = {}
+def _md_table(header, lines) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in l) + " |" for l in lines]
+    return "\n".join(out)
+
+
+def _col(r) -> str:
+    return r["regime"] + (f" k={r['shots']}" if r.get("regime") == "fewshot" else "")
+
+
+def _col_order(c: str):
+    return ({"pretrain": -1, "full": 0, "linear": 1}.get(c, 2), int(c.split("=")[1]) if "=" in c else 0)
+
+
+def _size(r) -> str:
+    n = r.get("pretrain_train_size") if r.get("task") == "transfer" else r.get("train_size")
+    return "-" if n is None else str(int(n))
+
+
+def cell_table(rows: list, metric: str, task: str = "transfer") -> tuple:
+    """(header, lines): one line per (source, model, source size), one column per regime (few-shot per k)."""
+    cells = defaultdict(list)
+    cols = []
     for r in rows:
-        if r["run_id"] not in latest or r.get("time", 0) >= latest[r["run_id"]].get("time", 0):
-            latest[r["run_id"]] = r
-    return list(latest.values())
-
-
-def x_value(row: dict, axis: str):
-    transfer = row.get("task") == "transfer"
-    if axis == "params":
-        return row.get("params")
-    if axis == "data":
-        return row.get("pretrain_train_size") if transfer else row.get("train_size")
-    if axis == "compute":
-        return row.get("pretrain_flops") if transfer else row.get("flops")
-    raise UserError(f"unknown x axis {axis!r} (params | data | compute)")
-
-
-def _key(row, by):
-    return tuple(row.get(k) for k in by)
-
-
-def fit_groups(rows: list, axis: str, metric: str, by: list, n_boot: int = 200,
-               laws=("saturating", "power")) -> list:
-    groups = defaultdict(list)
-    for r in rows:
-        if r.get(metric) is None or x_value(r, axis) is None:
+        if r.get("task") != task or not isinstance(r.get(metric), (int, float)):
             continue
-        groups[_key(r, by)].append(r)
+        c = _col(r) if task == "transfer" else "source val"
+        if c not in cols:
+            cols.append(c)
+        cells[(str(r.get("source")), str(r.get("model")), _size(r), c)].append(r)
+    cols.sort(key=_col_order)
+
+    def key(k):
+        return (k[0] == "scratch", k[0], _model_order(k[1]), int(k[2]) if k[2].isdigit() else -1)
+    keys = sorted({k[:3] for k in cells}, key=key)
+    lines = [[k[0], k[1], k[2]] + [T.format_cell(cells.get(k + (c,), []), metric) for c in cols] for k in keys]
+    return ["source", "model", "source images"] + cols, lines
+
+
+def _model_order(name: str):
+    import re
+    m = re.search(r"(\d+)", name)
+    return (re.sub(r"\d+", "", name), int(m.group(1)) if m else 0)
+
+
+def paired_domain_differences(rows: list, metric: str) -> list:
+    """Per regime (few-shot per k): intra- minus inter-domain transfer, paired on everything else (model,
+    source size, seeds). [{'regime', 'n', 'mean', 'lo', 'hi', 'intra', 'inter'}] in metric units."""
+    tr = [r for r in rows if r.get("task") == "transfer" and r.get("domain_pair") in ("intra", "inter")
+          and isinstance(r.get(metric), (int, float))]
+    # sources meet at the same asked-for sizes, but class-stratified rounding makes them differ by an image
+    # or two (24 vs 25): pairs are matched on the size's rank within (source, model)
+    sizes = defaultdict(set)
+    for r in tr:
+        sizes[(r.get("source"), r.get("model"))].add(r.get("pretrain_train_size") or 0)
+    size_rank = {(s, m, n): sorted(v).index(n or 0) for (s, m), v in sizes.items() for n in v}
+    size_rank.update({(s, m, None): size_rank.get((s, m, 0), 0) for (s, m) in sizes})
+    # cells at chance are no result: their pairs are left out (and counted)
+    cells = defaultdict(list)
+    for r in tr:
+        cells[(r.get("source"), r.get("model"), r.get("pretrain_train_size"), _col(r))].append(r)
+    at_chance = {k for k, rs in cells.items() if T.cell_flags(rs)["chance"]}
     out = []
-    for key, rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        per_x = defaultdict(list)
-        for r in rs:
-            per_x[float(x_value(r, axis))].append(1.0 - float(r[metric]))
-        xs = np.array(sorted(per_x))
-        ys = np.array([np.mean(per_x[x]) for x in xs])
-        if axis == "compute":
-            xs, ys = compute_frontier(xs, ys)
-        rec = {**dict(zip(by, key)), "x": axis, "metric": metric, "n_points": int(len(xs)),
-               "points": [[float(a), float(b)] for a, b in zip(xs, ys)]}
-        for kind in laws:
-            try:
-                f = fit_law(xs, ys, kind, n_boot=n_boot)
-            except UserError as e:
-                rec.update(status="skipped", reason=str(e))
-                continue
-            rec.update(status="ok", law=kind, rmse_log=f.rmse_log, reason="")
-            for p, v in f.params.items():
-                rec[p] = v
-                lo, hi = f.ci.get(p, (float("nan"), float("nan")))
-                rec[f"{p}_ci_lo"], rec[f"{p}_ci_hi"] = lo, hi
-            break
+    for col in sorted({_col(r) for r in tr}, key=_col_order):
+        sub = [r for r in tr if _col(r) == col]
+        by = defaultdict(lambda: {"intra": [], "inter": [], "chance": False})
+        for r in sub:
+            k = (r.get("model"), size_rank[(r.get("source"), r.get("model"), r.get("pretrain_train_size"))],
+                 r.get("shots"), r.get("seed"), r.get("pretrain_seed"))
+            by[k][r["domain_pair"]].append(r[metric])
+            if (r.get("source"), r.get("model"), r.get("pretrain_train_size"), col) in at_chance:
+                by[k]["chance"] = True
+        paired = [v for v in by.values() if v["intra"] and v["inter"]]
+        diffs = [(np.mean(v["intra"]), np.mean(v["inter"])) for v in paired if not v["chance"]]
+        rec = {"regime": col, "n": len(diffs), "left_out": len(paired) - len(diffs), "mean": float("nan"),
+               "lo": float("nan"), "hi": float("nan"), "intra": float("nan"), "inter": float("nan")}
+        if not paired:
+            continue
+        if diffs:
+            d = np.array([a - b for a, b in diffs])
+            rec.update(mean=float(d.mean()), intra=float(np.mean([a for a, _ in diffs])),
+                       inter=float(np.mean([b for _, b in diffs])))
+            if len(d) > 1:
+                h = T.t975(len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+                rec["lo"], rec["hi"] = rec["mean"] - h, rec["mean"] + h
         out.append(rec)
     return out
 
 
-def _write_fits(fits: list, out: Path, stem: str) -> None:
-    atomic_write_json(out / f"{stem}.json", fits)
-    cols = []
+def _diff_text(d: dict) -> str:
+    if not d["n"]:
+        return "— (every pair has a cell at chance)"
+    if not math.isfinite(d["lo"]):
+        return f"{100 * d['mean']:+.1f} (one pair: no interval)"
+    return f"{100 * d['mean']:+.1f} ({100 * d['lo']:+.1f} to {100 * d['hi']:+.1f})"
+
+
+def _verdict(d: dict) -> str:
+    if not math.isfinite(d["lo"]):
+        return "—"
+    return "intra better" if d["lo"] > 0 else "inter better" if d["hi"] < 0 else "no difference shown"
+
+
+def _fit_axis(rows: list, axis: str, metric: str, n_boot: int) -> list:
+    """The report's fits along one axis, holding the other axes fixed; groups with one x value are not
+    axes and are left out."""
+    pt = [r for r in rows if r.get("task") == "pretrain"]
+    tr = [r for r in rows if r.get("task") == "transfer" and r.get("regime") in ("full", "linear")]
+    sel = pt + tr
+    by = ["task", "source", "regime"]
+    if axis == "params":           # model size at each source's largest size
+        top = defaultdict(float)
+        for r in sel:
+            top[r.get("source")] = max(top[r.get("source")], T.x_value(r, "data") or 0.0)
+        sel = [r for r in sel if (T.x_value(r, "data") or 0.0) == top[r.get("source")] or r.get("source") == "scratch"]
+    elif axis == "data":           # source size, per model
+        by = by + ["model"]
+    fits = fit_table(sel, axis, metric, by, n_boot=n_boot, n_perm=199)
+    keep = []
     for f in fits:
-        cols += [k for k in f if k not in cols and k != "points"]
-    lines = [",".join(cols)] + [",".join("" if f.get(c) is None else str(f.get(c)) for c in cols) for f in fits]
-    atomic_write_bytes(out / f"{stem}.csv", ("\n".join(lines) + "\n").encode())
+        xs = {tuple(p[0]) if isinstance(p[0], list) else p[0] for p in f.get("points", []) + f.get("chance_points", [])}
+        if len(xs) > 1 or f.get("status") == "ok":
+            keep.append(f)
+    return keep
 
 
 def _plt():
@@ -112,164 +169,206 @@ def _save(fig, out: Path, stem: str) -> list:
     return paths
 
 
-def plot_fits(fits: list, out: Path, stem: str, title: str) -> list:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for f in fits:
-        pts = np.array(f["points"]) if f["points"] else np.zeros((0, 2))
-        label = " / ".join(str(f[k]) for k in f if k not in ("x", "metric", "n_points", "points", "status", "reason",
-                                                               "law", "rmse_log") and not k.startswith(("a", "b", "c"))
-                           ) or "all"
-        if len(pts):
-            line = ax.plot(pts[:, 0], pts[:, 1], "o", label=label)[0]
-            if f.get("status") == "ok":
-                xx = np.logspace(np.log10(pts[:, 0].min()), np.log10(pts[:, 0].max()), 50)
-                yy = f["a"] * xx ** (-f["b"]) + (f.get("c", 0.0) if f["law"] == "saturating" else 0.0)
-                ax.plot(xx, yy, "-", color=line.get_color(), alpha=0.7)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(fits[0]["x"] if fits else "x")
-    ax.set_ylabel(f"error (1 - {fits[0]['metric'] if fits else 'metric'})")
-    ax.set_title(title)
-    if fits:
-        ax.legend(fontsize=7)
-    return _save(fig, out, stem)
-
-
-def mean_std_table(rows: list, metric: str) -> tuple:
-    """(header, lines): rows = source x model x fraction, columns = regime (few-shot per k), mean ± std over seeds."""
-    cells = defaultdict(list)
-    cols = []
-    for r in rows:
-        if r.get("task") != "transfer" or r.get(metric) is None:
-            continue
-        col = f"{r['regime']}" + (f" k={r['shots']}" if r["regime"] == "fewshot" else "")
-        if col not in cols:
-            cols.append(col)
-        cells[(r.get("source"), r.get("model"), r.get("source_fraction"), col)].append(100 * r[metric])
-    order = {"full": 0, "linear": 1}
-    cols.sort(key=lambda c: (order.get(c, 2), int(c.split("=")[1]) if "=" in c else 0))
-    keys = sorted({k[:3] for k in cells}, key=lambda k: (str(k[0]), str(k[1]), k[2] or 0))
-    header = ["source", "model", "fraction"] + cols
-    lines = []
-    for k in keys:
-        row = [str(k[0]), str(k[1]), f"{k[2]:g}" if k[2] is not None else "-"]
-        for c in cols:
-            v = cells.get(k + (c,))
-            row.append("" if not v else (f"{np.mean(v):.1f} ± {np.std(v):.1f} (n={len(v)})" if len(v) > 1
-                                         else f"{v[0]:.1f}"))
-        lines.append(row)
-    return header, lines
-
-
-def _md_table(header, lines) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(l) + " |" for l in lines]
-    return "\n".join(out)
-
-
 def plot_fewshot(rows, metric, out: Path) -> list:
-    fs = [r for r in rows if r.get("regime") == "fewshot" and r.get(metric) is not None]
+    """Few-shot curves: mean with ± std bars where n >= 2 (n written beside each point), a single run
+    with its test-set interval; chance cells hollow."""
+    fs = [r for r in rows if r.get("regime") == "fewshot" and isinstance(r.get(metric), (int, float))]
     if not fs:
         return []
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
     by = defaultdict(lambda: defaultdict(list))
     for r in fs:
-        by[(r["source"], r["model"])][r["shots"]].append(100 * r[metric])
-    for (src, model), d in sorted(by.items(), key=lambda kv: str(kv[0])):
+        by[(r["source"], r["model"])][r["shots"]].append(r)
+    for i, ((src, model), d) in enumerate(sorted(by.items(), key=lambda kv: str(kv[0]))):
         ks = sorted(d)
-        ax.errorbar(ks, [np.mean(d[k]) for k in ks], yerr=[np.std(d[k]) for k in ks], marker="o", capsize=3,
-                    label=f"{src} / {model}")
+        color = f"C{i % 10}"
+        means, errs, hollow = [], [[], []], []
+        for k in ks:
+            s = T.summarise([r[metric] for r in d[k]], [r.get(f"{metric}_ci_lo") for r in d[k]],
+                            [r.get(f"{metric}_ci_hi") for r in d[k]])
+            means.append(100 * s["mean"])
+            if s["n"] > 1:
+                errs[0].append(100 * s["std"])
+                errs[1].append(100 * s["std"])
+            else:
+                errs[0].append(100 * (s["mean"] - s["lo"]) if math.isfinite(s["lo"]) else 0)
+                errs[1].append(100 * (s["hi"] - s["mean"]) if math.isfinite(s["hi"]) else 0)
+            hollow.append(bool(T.cell_flags(d[k])["chance"]))
+            ax.annotate(f"n={s['n']}", (k, means[-1]), fontsize=6, textcoords="offset points", xytext=(3, 3))
+        ax.errorbar(ks, means, yerr=errs, color=color, capsize=3, label=f"{src} / {model}", lw=1)
+        ax.scatter(ks, means, color=color, facecolors=["none" if h else color for h in hollow], zorder=3)
     ax.set_xscale("log")
-    ax.set_xlabel("examples per class (k)")
-    ax.set_ylabel(f"{metric} (%) mean ± std over seeds")
-    ax.set_title("few-shot transfer")
+    ax.set_xlabel("labelled examples per class (k)")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title("few-shot transfer: mean ± std over runs (n ≥ 2); hollow = at chance", fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, out, "fewshot")
 
 
-def plot_domains(rows, metric, out: Path) -> list:
-    tr = [r for r in rows if r.get("task") == "transfer" and r.get("domain_pair") and r.get(metric) is not None]
-    if not tr:
+def plot_domains(diffs: list, out: Path, metric: str) -> list:
+    diffs = [d for d in diffs if d["n"]]
+    if not diffs:
         return []
     plt = _plt()
-    regimes = sorted({r["regime"] for r in tr})
-    pairs = sorted({r["domain_pair"] for r in tr})
-    fig, ax = plt.subplots(figsize=(6, 4))
-    w = 0.8 / max(1, len(pairs))
-    for j, pair in enumerate(pairs):
-        vals = [[100 * r[metric] for r in tr if r["regime"] == g and r["domain_pair"] == pair] for g in regimes]
-        ax.bar(np.arange(len(regimes)) + j * w, [np.mean(v) if v else 0 for v in vals], w,
-               yerr=[np.std(v) if v else 0 for v in vals], capsize=3, label=f"{pair}-domain")
-    ax.set_xticks(np.arange(len(regimes)) + w * (len(pairs) - 1) / 2, regimes)
-    ax.set_ylabel(f"{metric} (%)")
-    ax.set_title("intra- vs inter-domain transfer")
-    ax.legend()
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    y = np.arange(len(diffs))
+    m = np.array([100 * d["mean"] for d in diffs])
+    lo = np.array([100 * d["lo"] if math.isfinite(d["lo"]) else 100 * d["mean"] for d in diffs])
+    hi = np.array([100 * d["hi"] if math.isfinite(d["hi"]) else 100 * d["mean"] for d in diffs])
+    ax.errorbar(m, y, xerr=[m - lo, hi - m], fmt="o", capsize=3)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(y, [f"{d['regime']} (n={d['n']})" for d in diffs])
+    ax.set_xlabel(f"intra − inter domain, {metric} points (95% CI)")
+    ax.set_title("paired difference: X-ray source minus natural source", fontsize=9)
     return _save(fig, out, "domains")
 
 
-def write_report(results, out: Path, metric: str = "accuracy", n_boot: int = 200) -> Path:
-    rows = final_rows(results)
+def measure_correlations(rows: list, metric: str) -> list:
+    """Kendall's tau of each measure with measured transfer (per regime; few-shot per k, averaged over
+    the few-shot seeds of a checkpoint), across source checkpoints."""
+    from covidnetx.scaling.alignment import kendall_with_ci
+    tr = [r for r in rows if r.get("task") == "transfer" and isinstance(r.get(metric), (int, float))]
+    out = []
+    for col in sorted({_col(r) for r in tr}, key=_col_order):
+        per_ck = defaultdict(list)
+        for r in tr:
+            if _col(r) == col and r.get("source") != "scratch":
+                per_ck[(r.get("source"), r.get("model"), r.get("pretrain_train_size"), r.get("pretrain_seed"))].append(r)
+        for m, label, sign in MEASURES:
+            xs, ys = [], []
+            for rs in per_ck.values():
+                v = [r.get(m) for r in rs if isinstance(r.get(m), (int, float))]
+                if v:
+                    xs.append(float(np.mean(v)))
+                    ys.append(float(np.mean([r[metric] for r in rs])))
+            if len(xs) >= 3:
+                out.append({"regime": col, "measure": m, "label": label, "expect": sign,
+                            **kendall_with_ci(xs, ys)})
+    return out
+
+
+def write_report(results, out: Path, metric: str = "accuracy", n_boot: int = 200, title: str = "",
+                 preamble: str = "") -> Path:
+    rows = T.final_rows(T.load_table(results))
     if not rows:
         raise UserError(f"{results}: no final result rows")
     out.mkdir(parents=True, exist_ok=True)
-    md = [f"# Transfer scaling report\n", f"Results: `{results}` ({len(rows)} finished runs). Metric: {metric}; "
-          f"error = 1 - {metric}. Values in %.\n"]
-    header, lines = mean_std_table(rows, metric)
-    md += ["## Transfer results (mean ± std over seeds)\n", _md_table(header, lines) if lines else "(no transfer rows)", ""]
-    for m2 in ("auc",):
-        if m2 != metric:
-            h2, l2 = mean_std_table(rows, m2)
-            if l2:
-                md += [f"### {m2}\n", _md_table(h2, l2), ""]
-    md += ["## Scaling-law fits\n", "err(x) = a·x^(-b) + c (saturating; plain power law a·x^(-b) where too few points "
-           "for three parameters), 95% bootstrap CIs. Transfer rows grouped by source, regime and shots; "
-           "pre-training rows by source.\n"]
-    plots = []
-    # what is held fixed along each axis: the size axis at the full source, the data axis per model
-    hold = {"params": ["source_fraction"], "data": ["model"], "compute": []}
-    for axis in AXES:
-        tr_rows = [r for r in rows if r.get("task") == "transfer" and r.get("regime") != "fewshot"]
-        pt_rows = [r for r in rows if r.get("task") == "pretrain"]
-        if axis == "params":
-            top = max((r.get("source_fraction") or 0 for r in tr_rows + pt_rows), default=0)
-            tr_rows = [r for r in tr_rows if (r.get("source_fraction") or 0) == top]
-            pt_rows = [r for r in pt_rows if (r.get("source_fraction") or 0) == top]
-        fits = fit_groups(tr_rows, axis, metric, ["source", "regime"] + hold[axis], n_boot)
-        fits += fit_groups(pt_rows, axis, metric, ["task", "source"] + hold[axis], n_boot)
-        _write_fits(fits, out, f"fits-{axis}")
-        plots += plot_fits(fits, out, f"error-vs-{axis}", f"error vs {axis}")
-        md += [f"### x = {axis}\n", "| group | points | law | b (95% CI) | c (95% CI) | note |", "|---|---|---|---|---|---|"]
+    n_pre = sum(r.get("task") == "pretrain" for r in rows)
+    md = [f"# {title or 'Transfer scaling report'}\n"]
+    if preamble:
+        md += [preamble, ""]
+    md += [f"Results: `{results}`: {len(rows)} finished runs ({n_pre} pre-training, {len(rows) - n_pre} transfer). "
+           f"Metric: {metric}; error = 1 − {metric}; values in %.\n",
+           "How to read the numbers: **mean ± std (n=…)** over runs that differ only in their seeds, shown only "
+           "where n ≥ 2; **value [lo–hi] (n=1)** is one run with its test-set 95% bootstrap interval; "
+           "**⚠ chance**: the cell's balanced accuracy cannot be told from chance (1 / classes) — such cells "
+           "are left out of every fit; **collapsed**: every prediction fell in one class. Choices (the linear "
+           "probe's L2 strength) are made on the val split; each run reads the test split once, at the end.\n"]
+    # ---------------------------------------------------------------------------------------- headline
+    md += ["## Headline\n"]
+    diffs = paired_domain_differences(rows, metric)
+    if diffs:
+        md += ["### Intra- minus inter-domain transfer (paired)\n",
+               "Each pair: the same model, source size (matched by rank among the sizes asked for), regime and "
+               "seeds, pre-trained on the X-ray (intra) or the natural (inter) source. 95% CI: t-interval over "
+               "pairs (the difference averaged over the design's models and sizes).\n",
+               _md_table(["regime", "pairs (n)", "pairs left out (a cell at chance)",
+                          f"intra − inter ({metric} points, 95% CI)", "intra mean", "inter mean", "verdict"],
+                         [[d["regime"], d["n"], d["left_out"], _diff_text(d),
+                           f"{100 * d['intra']:.1f}" if d["n"] else "—", f"{100 * d['inter']:.1f}" if d["n"] else "—",
+                           _verdict(d)] for d in diffs]), "",
+               "![intra vs inter](domains.png)", ""]
+    plots = plot_domains(diffs, out, metric)
+    axis_fits = {}
+    for axis in ("params", "data", "compute", "params,data"):
+        axis_fits[axis] = _fit_axis(rows, axis, metric, n_boot)
+    head = []
+    for axis, fits in axis_fits.items():
         for f in fits:
-            group = " / ".join(f"{k}={f[k]}" if k in ("model", "source_fraction") else str(f[k])
-                               for k in ("task", "source", "regime", "model", "source_fraction") if k in f)
+            group = " / ".join(str(f.get(k)) for k in ("task", "source", "regime", "model") if k in f)
             if f["status"] == "ok":
-                b = f"{f['b']:.3f} ({f['b_ci_lo']:.3f}–{f['b_ci_hi']:.3f})"
-                c = f"{f['c']:.3f} ({f['c_ci_lo']:.3f}–{f['c_ci_hi']:.3f})" if f["law"] == "saturating" else "-"
-                md.append(f"| {group} | {f['n_points']} | {f['law']} | {b} | {c} | rmse(log) {f['rmse_log']:.3f} |")
+                if f["law"] == "joint":
+                    val = (f"α = {f['alpha']:.3f} ({f['alpha_ci_lo']:.3f}–{f['alpha_ci_hi']:.3f}), "
+                           f"β = {f['beta']:.3f} ({f['beta_ci_lo']:.3f}–{f['beta_ci_hi']:.3f})")
+                else:
+                    val = f"b = {f['b']:.3f} ({f['b_ci_lo']:.3f}–{f['b_ci_hi']:.3f})"
             else:
-                md.append(f"| {group} | {f['n_points']} | - | - | - | {f['reason']} |")
-        md += ["", f"![error vs {axis}](error-vs-{axis}.png)", ""]
+                val = "—"
+            note = "; ".join(x for x in (f["reason"], f"at bound: {f['at_bound']}" if f.get("at_bound") else "") if x)
+            head.append([axis.replace(",", " × "), group, f["status"], val, f"{f['n_points']} / {f['n_x']}",
+                         note.replace("|", "/")])
+    md += ["### Scaling exponents\n",
+           "err = a·x^(−b) + c along one axis, the others held (params: at each source's largest size; data: "
+           "per model), and err = E + A·N^(−α) + B·D^(−β) where both vary. *ok* needs a permutation test against "
+           "a constant (p < 0.05); 95% CIs from a bootstrap over runs within each x.\n",
+           _md_table(["axis", "group", "status", "exponent (95% CI)", "runs / x values", "note"], head)
+           if head else "(no axis with more than one value)", ""]
+    # ---------------------------------------------------------------------------------------- cells
+    names = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "auc": "Macro AUC"}
+    for m2 in [metric] + [m for m in names if m != metric]:
+        title2 = f"Transfer results: {names.get(m2, m2).lower()} (%)" if m2 == metric else f"{names[m2]} (%)"
+        h, lines = cell_table(rows, m2)
+        if lines:
+            md += [f"## {title2}\n", _md_table(h, lines), ""]
+    h, lines = cell_table(rows, metric, task="pretrain")
+    if lines:
+        md += [f"## Pre-training: {metric} on the source's val split (%)\n", _md_table(h, lines), ""]
+    # ---------------------------------------------------------------------------------------- fits
+    md += ["## Scaling-law fits\n"]
+    for axis, fits in axis_fits.items():
+        stem = axis.replace(",", "+")
+        if not fits:
+            continue
+        write_fits(fits, out, f"fits-{stem}")
+        plots += plot_fits(fits, out, f"error-vs-{stem}", f"error vs {axis.replace(',', ' × ')}",
+                           label_keys=["task", "source", "regime"] + (["model"] if axis == "data" else []))
+        md += [f"### x = {axis.replace(',', ' × ')}\n"]
+        for f in fits:
+            group = " / ".join(str(f.get(k)) for k in ("task", "source", "regime", "model") if k in f)
+            md.append(f"- **{group}**: {describe(f)}")
+        md += ["", f"![error vs {axis}](error-vs-{stem}.png)", ""]
     fsp = plot_fewshot(rows, metric, out)
     plots += fsp
     if fsp:
         md += ["## Few-shot\n", "![few-shot](fewshot.png)", ""]
-    dp = plot_domains(rows, metric, out)
-    plots += dp
-    align = sorted({(r.get("source"), r.get("domain_pair"), r.get("alignment")) for r in rows
-                    if r.get("task") == "transfer" and r.get("alignment") is not None}, key=str)
-    if dp or align:
-        md += ["## Source-target alignment\n",
-               "Alignment = Fréchet distance between feature statistics of source and target under the "
-               "pre-trained network (smaller = closer).\n", "| source | domain pair | alignment |", "|---|---|---|"]
-        seen = set()
-        for s, p, a in align:
-            if (s, p) not in seen:
-                seen.add((s, p))
-                vals = [r["alignment"] for r in rows if r.get("source") == s and r.get("alignment") is not None]
-                md.append(f"| {s} | {p} | {np.mean(vals):.3g} |")
-        md += ["", "![domains](domains.png)" if dp else "", ""]
+    # ---------------------------------------------------------------------------------------- measures
+    ck_rows = defaultdict(list)
+    for r in rows:
+        if r.get("task") == "transfer" and any(isinstance(r.get(m), (int, float)) for m, _, _ in MEASURES):
+            ck_rows[(str(r.get("source")), str(r.get("model")), _size(r))].append(r)
+    if ck_rows:
+        lines = []
+        for k in sorted(ck_rows, key=lambda k: (k[0], _model_order(k[1]), int(k[2]) if k[2].isdigit() else -1)):
+            per_seed = {}
+            for r in ck_rows[k]:
+                per_seed[r.get("pretrain_seed")] = r
+            cells = []
+            for m, _, _ in MEASURES:
+                v = [r.get(m) for r in per_seed.values() if isinstance(r.get(m), (int, float))]
+                cells.append("" if not v else (f"{np.mean(v):.3g} ± {np.std(v, ddof=1):.2g} (n={len(v)})"
+                                               if len(v) > 1 else f"{v[0]:.3g} (n=1)"))
+            lines.append(list(k) + cells)
+        md += ["## Alignment and transferability\n",
+               "Per source checkpoint (n = pre-training seeds): **align_ref**, the Fréchet distance between source "
+               "and target features in one fixed reference feature space (comparable across all sources); "
+               "**align_norm**, the Fréchet distance under the checkpoint's own features divided by their total "
+               "variance (comparable across widths); **LogME** (You et al. 2021) of the checkpoint's features for "
+               "the target labels. All on fixed samples: the source's val images and the target's train split.\n",
+               _md_table(["source", "model", "source images", "align_ref (lower = closer)",
+                          "align_norm (lower = closer)", "LogME (higher = better)"], lines), ""]
+        cors = measure_correlations(rows, metric)
+        if cors:
+            md += ["Does a measure predict transfer? Kendall's τ with measured transfer across source checkpoints "
+                   "(bootstrap 95% CI). A useful distance has τ < 0, a useful LogME τ > 0; a CI that spans 0 "
+                   "shows no predictive power here.\n",
+                   _md_table(["regime", "measure", "τ (95% CI)", "n checkpoints", "p", "as expected?"],
+                             [[c["regime"], c["label"], f"{c['tau']:+.2f} ({c['lo']:+.2f} to {c['hi']:+.2f})"
+                               if math.isfinite(c["tau"]) else "—", c["n"],
+                               f"{c['p']:.3f}" if math.isfinite(c["p"]) else "—",
+                               ("yes" if (c["lo"] > 0 if c["expect"] == "+" else c["hi"] < 0) else
+                                "opposite" if (c["hi"] < 0 if c["expect"] == "+" else c["lo"] > 0) else
+                                "not shown") if math.isfinite(c["lo"]) else "—"] for c in cors]), ""]
     path = out / "report.md"
     atomic_write_bytes(path, "\n".join(md).encode())
     return path

@@ -1,0 +1,280 @@
+"""`covidnetx study [--preset synthetic|real|demo]`: a transfer-scaling study from one command.
+
+A study is a preset of the sweep machinery (covidnetx.sweep), not training code of its own: it
+prepares the raw data (generated, or the folders given), packs and verifies it under ``mpirun``, writes
+OUT/sweep.yaml and runs it (pre-training, then transfer), then writes the report with the exact command
+and the time taken. Rerunning resumes: finished runs are skipped.
+
+Presets (sizes in images of each source's train split, fixed pre-training epochs):
+
+  synthetic  generated natural-like and X-ray-like sources -> a generated X-ray-like target (1,200
+             images, 480 test); 5 widths (resnet_w4 ... w23, 1.5 decades of params); 5 source sizes
+             (25 ... 800 images, 1.5 decades) on resnet_w11; 3 seeds for every pre-training and transfer
+             cell; full fine-tuning, linear probe, few-shot k in {1, 5, 10, 25} x 5 seeds from the
+             largest model; a from-scratch baseline. 58 minutes on 2 cores (measured).
+  real       the same design on real images: ../shared/data/natural-small (CIFAR-10, inter-domain) and
+             ../shared/data/nih-small (NIH ChestX-ray14, intra-domain) -> ../shared/data/cxr-small.
+             Few-shot k values larger than the smallest target class are left out (printed).
+  demo       the same pipeline, small: 3 widths, 3 sizes, 2 seeds (its fits are refused: 3 points);
+             the main job of `make demo`, a few minutes.
+
+--source NAME=DIR (repeatable, with --domain NAME=natural|xray) and --target DIR replace the data.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from covidnetx.utils import UserError, atomic_write_bytes, atomic_write_json
+
+SHARED = Path(os.environ.get("COVIDNETX_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+_PRE = {"data": {"eval_split": "val"},
+        "optim": {"lr": 0.1, "base_batch": 64, "batch_size": 32, "schedule": "cosine", "weight_decay": 5e-4}}
+_TR = {"data": {"eval_split": "test", "val_split": "val"}, "hyperrule": False,
+       "optim": {"steps": 250, "lr": 0.1, "base_batch": 64, "batch_size": 32, "schedule": "cosine",
+                 "warmup_steps": 10, "weight_decay": 0.0, "mixup": 0.0}}
+_BASE = {"threads": 1, "bootstrap": 200, "log_every": 10, "alignment_samples": 256,
+         "data": {"image_size": 32, "workers": 0}}
+_NATURAL_AUG = {"data": {"hflip": True, "crop_scale": 0.6}}     # photos: flips and stronger crops are safe
+
+PRESETS = {
+    "synthetic": {
+        "data": "generated", "generate": {"per_class": 200, "xray_per_class": 250, "target_per_class": 400,
+                                        "target_severity": (0.0, 1.0)},
+        "models": ["resnet_w4", "resnet_w6", "resnet_w11", "resnet_w16", "resnet_w23"],
+        "data_models": ["resnet_w11"], "sizes": [25, 60, 140, 330, 800], "seeds": [0, 1, 2],
+        "epochs": 10, "shots": [1, 5, 10, 25], "fewshot_seeds": [0, 1, 2, 3, 4],
+        "scratch": ["resnet_w4", "resnet_w6", "resnet_w11", "resnet_w16", "resnet_w23"],
+    },
+    "demo": {
+        "data": "generated", "generate": {"per_class": 200, "xray_per_class": 250, "target_per_class": 400,
+                                        "target_severity": (0.0, 1.0)},
+        "models": ["resnet_w4", "resnet_w8", "resnet_w16"], "data_models": ["resnet_w8"],
+        "sizes": [60, 200, 800], "seeds": [0, 1], "epochs": 5, "shots": [1, 5, 25], "fewshot_seeds": [0, 1, 2],
+        "scratch": ["resnet_w16"], "transfer_steps": 60,
+    },
+}
+PRESETS["real"] = {**copy.deepcopy(PRESETS["synthetic"]), "data": "shared", "credits": (
+    "Data: natural-small, 5,000 CIFAR-10 photos (Krizhevsky 2009); nih-small, 1,000 NIH ChestX-ray14 "
+    "radiographs, courtesy of the NIH Clinical Center (Wang et al., \"ChestX-ray8: Hospital-scale Chest X-ray "
+    "Database and Benchmarks on Weakly-Supervised Classification and Localization of Common Thorax Diseases\", "
+    "CVPR 2017; original download site https://nihcc.app.box.com/v/ChestXray-NIHCC); cxr-small, 265 radiographs "
+    "from the COVID-19 image data collection of Cohen, Morrison and Dao (ieee8023/covid-chestxray-dataset, "
+    "arXiv:2003.11597; per-image licences in its labels.csv). Not for clinical use or diagnostic claims.")}
+
+
+def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="covidnetx study")
+    p.description = __doc__.split("\n\n")[0]
+    p.epilog = __doc__.split("\n\n", 1)[1]
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--preset", choices=sorted(PRESETS), default="synthetic")
+    p.add_argument("--out", default=None, help="working folder (default: study_out/PRESET)")
+    p.add_argument("--np", dest="nprocs", type=int, default=2, help="MPI ranks per run and for packing")
+    p.add_argument("--source", action="append", default=[], metavar="NAME=DIR",
+                   help="raw source folder (csv with labels.csv, or imagefolder); repeatable")
+    p.add_argument("--domain", action="append", default=[], metavar="NAME=natural|xray")
+    p.add_argument("--target", default=None, help="raw target folder (csv with labels.csv)")
+    p.add_argument("--models", default=None, help="comma-separated widths (overrides the preset)")
+    p.add_argument("--sizes", default=None, help="comma-separated source sizes in images")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds of every cell")
+    p.add_argument("--shots", default=None, help="comma-separated few-shot k")
+    p.add_argument("--epochs", type=float, default=None, help="pre-training epochs (fixed across sizes)")
+    p.add_argument("--executor", choices=("local", "slurm"), default="local")
+    p.add_argument("--pack-only", action="store_true", help="stop after packing and verifying")
+    p.add_argument("--report-to", default=None, help="also copy the report (Markdown + PNG) to this folder")
+    return p
+
+
+def _run(cmd: list) -> None:
+    print("$ " + " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
+    r = subprocess.run([str(c) for c in cmd])
+    if r.returncode != 0:
+        raise UserError(f"step failed with exit code {r.returncode}: {' '.join(str(c) for c in cmd)}")
+
+
+def _kind(raw: Path) -> str:
+    return "csv" if (raw / "labels.csv").is_file() else "imagefolder"
+
+
+def _has_split_column(raw: Path) -> bool:
+    f = raw / "labels.csv"
+    return f.is_file() and "split" in f.read_text().splitlines()[0].split(",")
+
+
+def _ints(s):
+    return [int(x) for x in str(s).split(",") if x.strip()]
+
+
+def raw_data(preset: dict, args, out: Path) -> tuple:
+    """({source name: (raw dir, domain)}, target raw dir)."""
+    doms = dict(d.split("=", 1) for d in args.domain)
+    if args.source or args.target:
+        if not (args.source and args.target):
+            raise UserError("--source and --target go together")
+        srcs = {}
+        for item in args.source:
+            name, _, path = item.partition("=")
+            if not path:
+                name, path = Path(item).name, item
+            srcs[name] = (Path(path), doms.get(name, "natural" if "natural" in name or "cifar" in name else "xray"))
+        return srcs, Path(args.target)
+    if preset["data"] == "shared":
+        need = [SHARED / n for n in ("natural-small", "nih-small", "cxr-small")]
+        missing = [str(n) for n in need if not (n / "labels.csv").is_file()]
+        if missing:
+            raise UserError(f"the real-image study needs {', '.join(missing)}")
+        return {"natural": (need[0], "natural"), "nih": (need[1], "xray")}, need[2]
+    from data_tools.synth import generate
+    paths = generate(out / "raw", **preset["generate"])
+    print(f"generated raw data under {out / 'raw'}", flush=True)
+    return {"natural": (Path(paths["natural"]), "natural"), "xray": (Path(paths["xray-source"]), "xray")}, \
+        Path(paths["xray-target"])
+
+
+def pack_all(srcs: dict, target: Path, out: Path, nprocs: int, size: int) -> tuple:
+    from covidnetx.launch import mpirun_cmd
+    prefix = mpirun_cmd(nprocs) if nprocs > 1 else []
+    packed = {}
+    todo = [(name, raw, "0.85,0.15,0") for name, (raw, _) in srcs.items()] + [("target", target, "0.45,0.15,0.4")]
+    for name, raw, splits in todo:
+        dst = out / "packed" / name
+        cmd = prefix + [sys.executable, "-m", "covidnetx.cli", "pack", _kind(raw), raw, dst, "--seed", "0",
+                        "--no-progress", "--size", size]
+        cmd += ["--val-fraction", "0.15"] if _has_split_column(raw) else ["--splits", splits]
+        _run(cmd)
+        _run([sys.executable, "-m", "covidnetx.cli", "verify", dst])
+        packed[name] = dst
+    return {n: packed[n] for n in srcs}, packed["target"]
+
+
+def feasible_shots(target: Path, shots: list) -> tuple:
+    """Few-shot k values the target's train split can serve (k <= its smallest class), and a note."""
+    idx = json.loads((target / "index.json").read_text())
+    counts = {cls: sum(int(n) for n in by_source.values())
+              for cls, by_source in (idx.get("counts", {}).get("train") or {}).items()}
+    if not counts:
+        return shots, ""
+    low_cls, low = min(counts.items(), key=lambda kv: kv[1])
+    keep = [k for k in shots if k <= low]
+    note = "" if keep == shots else (f"few-shot k = {', '.join(str(k) for k in shots if k > low)} left out: class "
+                                     f"{low_cls!r} has {low} train image(s)")
+    return keep, note
+
+
+def write_sweep(out: Path, preset: dict, sources: dict, target: Path, args) -> Path:
+    import yaml
+    models = args.models.split(",") if args.models else preset["models"]
+    data_models = [m for m in preset["data_models"] if m in models] or models[len(models) // 2:len(models) // 2 + 1]
+    epochs = args.epochs or preset["epochs"]
+    tr = copy.deepcopy(_TR)
+    tr["optim"]["steps"] = preset.get("transfer_steps", tr["optim"]["steps"])
+    sw = {
+        "name": out.name, "out_dir": str(out / "study"), "np": args.nprocs, "base": copy.deepcopy(_BASE),
+        "sources": {n: {"data": [str(p)], "domain": dom, **({"config": _NATURAL_AUG} if dom == "natural" else {})}
+                    for n, (p, dom) in sources.items()},
+        "target": {"data": [str(target)], "domain": "xray", "name": "target"},
+        "models": models, "data_models": data_models,
+        "sizes": _ints(args.sizes) if args.sizes else preset["sizes"],
+        "seeds": _ints(args.seeds) if args.seeds else preset["seeds"],
+        "pretrain": {"epochs": [epochs], "config": copy.deepcopy(_PRE)},
+        "transfer": {"regimes": ["full", "linear", "fewshot"], "shots": preset["shots"],
+                     "seeds": preset["fewshot_seeds"], "fewshot_from": "largest", "config": tr,
+                     "scratch": {"models": [m for m in preset.get("scratch", []) if m in models],
+                                 "regimes": ["full", "linear"]}},
+        "fit": {"metric": "balanced_accuracy"},
+    }
+    path = out / "sweep.yaml"
+    atomic_write_bytes(path, yaml.safe_dump(sw, sort_keys=False).encode())
+    return path
+
+
+def run(args) -> int:
+    t0 = time.time()
+    preset = copy.deepcopy(PRESETS[args.preset])
+    out = Path(args.out or Path("study_out") / args.preset)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "covidnetx study " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["study"] \
+        else f"covidnetx study --preset {args.preset}"
+    srcs, target_raw = raw_data(preset, args, out)
+    packed, target = pack_all(srcs, target_raw, out, args.nprocs, 32)
+    if args.pack_only:
+        print(f"study (pack only) finished in {time.time() - t0:.0f} s; packed data under {out / 'packed'}")
+        return 0
+    shots = _ints(args.shots) if args.shots else preset["shots"]
+    shots, note = feasible_shots(target, shots)
+    if note:
+        print(f"covidnetx study: {note}", flush=True)
+    preset["shots"] = shots
+    sources = {n: (packed[n], srcs[n][1]) for n in srcs}
+    sweep = write_sweep(out, preset, sources, target, args)
+    from covidnetx import sweep as S
+    sw = S.load_sweep(str(sweep))
+    pre, tr = S.expand(sw)
+    paths = S.write_configs(sw, pre, tr)
+    if args.executor == "slurm":
+        from covidnetx.slurm import submit_chain
+        return submit_chain(sw, pre, tr, paths, str(sweep))
+    done_before = sum(S.run_state(Path(sw["out_dir"]) / "runs" / n, time.time())[0] == "done"
+                      for n in [n for n, _ in pre] + [x for *_, subs in tr for x in subs])
+    for stage in ("pretrain", "transfer"):
+        code = S.run_local(sw, pre, tr, paths, args.nprocs, stage, False)
+        if code:
+            raise UserError(f"the study's {stage} stage failed (exit {code}); rerun the same command to resume")
+    elapsed = time.time() - t0
+    info = {"command": command, "preset": args.preset, "seconds": round(elapsed), "done_before": done_before,
+            "runs": {"pretrain": len(pre), "transfer": sum(len(s) for *_, s in tr)}, "note": note,
+            "credits": preset.get("credits", "")}
+    total = info["runs"]["pretrain"] + info["runs"]["transfer"]
+    stamp = out / "study.json"
+    if done_before == total and stamp.is_file():      # nothing ran: keep the record of the run that did the work
+        info = {**json.loads(stamp.read_text()), "note": note, "credits": preset.get("credits", "")}
+    atomic_write_json(stamp, info)
+    report = write_study_report(sw, info)
+    if args.report_to:
+        import shutil
+        dst = Path(args.report_to)
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in report.parent.iterdir():
+            if f.suffix in (".md", ".png", ".csv", ".json"):
+                shutil.copy2(f, dst / f.name)
+        print(f"report copied to {dst}")
+    print(f"study finished in {elapsed:.0f} s; report: {report}")
+    return 0
+
+
+def write_study_report(sw: dict, info: dict) -> Path:
+    from covidnetx.scaling.report import write_report
+    total = info["runs"]["pretrain"] + info["runs"]["transfer"]
+    took = (f"it took {info['seconds'] / 60:.0f} min from raw data to this report" if not info["done_before"] else
+            f"this invocation took {info['seconds'] / 60:.0f} min, resuming a study with {info['done_before']} of "
+            f"{total} runs already done")
+    pre = (f"Command: `{info['command']}` (preset `{info['preset']}`): {info['runs']['pretrain']} pre-training and "
+           f"{info['runs']['transfer']} transfer runs; {took} (2 CPU cores).")
+    if info.get("note"):
+        pre += f" Note: {info['note']}."
+    if info.get("credits"):
+        pre += "\n\n" + info["credits"]
+    res = Path(sw["out_dir"]) / "results.jsonl"
+    pre += ("\n\nThe study's metric is balanced accuracy (the mean of the per-class sensitivities; chance = 1 / "
+            "classes), which a model that favours the largest class cannot inflate.")
+    return write_report(res, Path(sw["out_dir"]) / "report", metric=sw["fit"].get("metric", "accuracy"),
+                        title=f"Transfer scaling study: {info['preset']}", preamble=pre)
+
+
+def main(argv=None) -> int:
+    from covidnetx.utils import run_main
+    return run_main("covidnetx study", build_parser, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
