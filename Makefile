@@ -23,7 +23,7 @@ test: setup
 demo: setup
 	$(VENV)/bin/covidnetx demo --out demo_out
 
-# every CPU benchmark with its default small sizes, each printing its table (~16 minutes on 2 cores);
+# every CPU benchmark with its default small sizes, each printing its table (~19 minutes on 2 cores);
 # on a GPU node: $(PY) benchmarks/gpu_check.py
 bench: setup
 	$(PY) benchmarks/pack.py
@@ -32,6 +32,7 @@ bench: setup
 	$$($(PY) -c "from covidnetx.launch import mpirun_cmd; print(' '.join(mpirun_cmd(2)))") $(PY) benchmarks/allreduce.py
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/project.py
+	$(PY) benchmarks/probe.py
 
 clean:
-	rm -rf demo_out bench_out .pytest_cache
+	rm -rf demo_out study_out bench_out .pytest_cache

@@ -1,5 +1,5 @@
 """`covidnetx bench NAME [ARGS...]`: run one of the benchmarks in benchmarks/ (pack, loader, train,
-allreduce, scaling, project, gpu_check) with this interpreter. `allreduce` needs a launcher:
+allreduce, scaling, project, probe, gpu_check) with this interpreter. `allreduce` needs a launcher:
 `mpirun -np 2 covidnetx bench allreduce`."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Optional
 from covidnetx.utils import UserError
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
-NAMES = ("pack", "loader", "train", "allreduce", "scaling", "project", "gpu_check")
+NAMES = ("pack", "loader", "train", "allreduce", "scaling", "project", "probe", "gpu_check")
 
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
