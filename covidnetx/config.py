@@ -26,6 +26,7 @@ class DataConfig:
     train_split: str = "train"                            # packed split to train on
     eval_split: str = "val"                               # val | test | "" (no evaluation)
     val_split: str = "val"                                # transfer: split that selects (linear probe L2 strength)
+    verify: bool = True                                   # check shard checksums and labels before reading (once per process)
     loader: str = "torch"                                 # torch | dali
     device: str = "cpu"                                   # where DALI runs: cpu | gpu
     workers: int = 0                                      # loader worker processes per rank
@@ -175,23 +176,62 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+INF = float("inf")
+# valid range of every numeric key (list keys: of each element): (low, high, low included, high included)
+RANGES = {
+    "optim.lr": (0, INF, False, False), "optim.base_batch": (1, INF, True, False),
+    "optim.momentum": (0, 1, True, False), "optim.weight_decay": (0, INF, True, False),
+    "optim.batch_size": (1, INF, True, False), "optim.steps": (0, INF, True, False),
+    "optim.epochs": (0, INF, True, False), "optim.warmup_steps": (-1, INF, True, False),
+    "optim.decay_at": (0, 1, False, False), "optim.accum_steps": (1, INF, True, False),
+    "optim.grad_clip": (0, INF, True, False), "optim.mixup": (-1, INF, True, False),
+    "data.fraction": (0, 1, False, True), "data.workers": (0, INF, True, False),
+    "data.image_size": (1, INF, True, False), "data.resize_size": (0, INF, True, False),
+    "data.crop_scale": (0, 1, False, True), "data.rotate_deg": (0, 180, True, True),
+    "data.std": (0, INF, False, False), "shots": (1, INF, True, False), "probe_c": (0, INF, False, False),
+    "eval_every": (0, INF, True, False), "ckpt_every": (0, INF, True, False), "log_every": (1, INF, True, False),
+    "alignment_samples": (0, INF, True, False), "threads": (0, INF, True, False), "bootstrap": (0, INF, True, False),
+}
+
+
+def _range_text(lo, hi, lo_in, hi_in) -> str:
+    if hi == INF:
+        return f"{'>=' if lo_in else '>'} {lo:g}"
+    return f"in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+
+
+def _check_range(key: str, value) -> None:
+    lo, hi, lo_in, hi_in = RANGES[key]
+    for v in (value if isinstance(value, list) else [value]):
+        ok = (v >= lo if lo_in else v > lo) and (v <= hi if hi_in else v < hi) and v == v
+        if not ok:
+            raise UserError(f"config key {key!r}: {value!r} is not valid (must be {_range_text(*RANGES[key])}"
+                            f"{' for each value' if isinstance(value, list) else ''})")
+
+
+def check_run_name(name: str, key: str = "run_name") -> None:
+    """A run name is one folder under out_dir: no path separators, not '.' or '..', no leading '.'."""
+    if name and ("/" in name or "\\" in name or name.startswith(".") or "\0" in name):
+        raise UserError(f"config key {key!r}: {name!r} is not a plain folder name (no '/', no leading '.'): "
+                        "runs stay inside out_dir")
+
+
 def validate(cfg: Config) -> Config:
     flat = flatten(to_dict(cfg))
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
             raise UserError(f"config key {key!r}: {flat[key]!r} is not one of {', '.join(allowed)}")
-    if cfg.optim.batch_size < 1 or cfg.optim.accum_steps < 1:
-        raise UserError("config key 'optim.batch_size'/'optim.accum_steps': must be >= 1")
-    if not 0 < cfg.data.fraction <= 1:
-        raise UserError(f"config key 'data.fraction': {cfg.data.fraction} is not in (0, 1]")
+    for key in RANGES:
+        _check_range(key, flat[key])
+    if cfg.optim.mixup < 0 and cfg.optim.mixup != -1:
+        raise UserError(f"config key 'optim.mixup': {cfg.optim.mixup} is not valid (-1 = BiT-HyperRule, or >= 0)")
+    check_run_name(cfg.run_name)
     if cfg.optim.epochs < 0 or (cfg.optim.epochs > 0 and cfg.optim.steps > 0):
         raise UserError("config keys 'optim.epochs'/'optim.steps': give one of them (epochs >= 0)")
-    if not 0 < cfg.data.crop_scale <= 1:
-        raise UserError(f"config key 'data.crop_scale': {cfg.data.crop_scale} is not in (0, 1]")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise UserError(f"config key 'seeds': {cfg.seeds} repeats a seed")
-    if not cfg.probe_c or any(c <= 0 for c in cfg.probe_c):
-        raise UserError("config key 'probe_c': needs positive values")
+    if not cfg.probe_c:
+        raise UserError("config key 'probe_c': needs at least one value")
     return cfg
 
 
@@ -297,6 +337,23 @@ def format_keys() -> str:
             for k, t, v, d in key_reference()]
     wk, wt, wv = (max(len(r[i]) for r in rows) for i in range(3))
     return "\n".join(f"{k:<{wk}}  {t:<{wt}}  {v:<{wv}}  {d}".rstrip() for k, t, v, d in rows)
+
+
+RUN_KEYS_FREE = ("out_dir", "results", "resume", "run_name", "eval_every", "ckpt_every", "log_every", "threads",
+                 "feature_cache", "data.workers", "seeds")
+
+
+def differences(a: Config, b: Config, ignore=RUN_KEYS_FREE) -> list:
+    """['key: A -> B', ...] for the keys whose values differ (dotted keys; ``ignore`` names keys or their
+    top-level prefix that may change between a run and its resumption)."""
+    fa, fb = flatten(to_dict(a)), flatten(to_dict(b))
+    out = []
+    for k in sorted(set(fa) | set(fb)):
+        if k in ignore or k.split(".")[0] in ignore:
+            continue
+        if fa.get(k) != fb.get(k):
+            out.append(f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}")
+    return out
 
 
 def config_hash(cfg: Config, exclude=("out_dir", "results", "resume", "run_name", "eval_every", "ckpt_every",

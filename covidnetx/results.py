@@ -44,7 +44,7 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
     with open(p.with_name(p.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             try:
                 n = os.write(fd, line)
                 if n != len(line):

@@ -29,11 +29,46 @@ def tmp_path_for(path: str | os.PathLike) -> Path:
     return p.with_name(f".tmp.{os.getpid()}.{p.name}")
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask can only be read by
+    setting it, which would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str) -> None:
+    """Make ``path`` a folder this process can write in, or raise one UserError that says why not
+    (``what`` names it for the user: a config key, "output folder")."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{what}: {p} is a file, not a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write-test.{os.uname().nodename}.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except (NotADirectoryError, FileExistsError):
+        raise UserError(f"{what}: a part of {p} is a file, not a folder") from None
+    except OSError as e:
+        raise UserError(f"{what}: cannot write in {p} ({e.strerror or e})") from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write through a temporary sibling and rename: readers see the old file or the new one, never a part.
+    The file gets the permissions any new file gets under the umask (mkstemp alone would make it 0600)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp.{p.name}.", dir=p.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

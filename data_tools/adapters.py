@@ -56,31 +56,60 @@ def _open_text(path: Path):
     return open(path, encoding="utf-8-sig", newline="")
 
 
+def _first_bad_utf8(path: Path) -> tuple:
+    """(line, column, byte) of the first byte sequence that is not UTF-8 (the text decoder reads in blocks
+    and cannot say which line it was on)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return n, e.start + 1, raw[e.start]
+    return 0, 0, 0
+
+
+def _csv_rows(reader, path: Path):
+    """csv.reader's rows; bytes that are not UTF-8 are an error naming the line."""
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except UnicodeDecodeError:
+            line, col, byte = _first_bad_utf8(path)
+            raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{byte:02x} at column {col})") from None
+        except csv.Error as e:
+            raise UserError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
+        yield values
+
+
 def read_csv(path: Path, required: list[str]) -> Iterator[tuple[str, dict]]:
-    """Yield (``file:line``, row dict); missing columns and short/long rows are errors naming the line."""
+    """Yield (``file:line``, row dict). Missing columns, and a row whose number of fields differs from the
+    header's (a missing or extra comma shifts every later column), are errors naming the line; only
+    empty trailing fields past the last named column are tolerated (spreadsheet exports)."""
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     with _open_text(path) as f:
         reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise UserError(f"{path}: empty file") from None
+        rows = _csv_rows(reader, path)
+        header = next(rows, None)
+        if header is None:
+            raise UserError(f"{path}: empty file")
         header = [h.strip() for h in header]
         missing = [c for c in required if c not in header]
         if missing:
             raise UserError(f"{path}:1: missing column(s) {', '.join(missing)} (header: {', '.join(header)})")
         pos = {c: header.index(c) for c in header if c}
-        need = max(pos[c] for c in required) + 1
-        for values in reader:
+        named = max(pos.values()) + 1          # unnamed trailing header columns (NIH's trailing comma) may be absent
+        for values in rows:
             where = f"{path}:{reader.line_num}"
             if not values or (len(values) == 1 and not values[0].strip()):
                 continue
-            if len(values) < need:
-                raise UserError(f"{where}: malformed row: {len(values)} fields, expected {len(header)}")
-            if len(values) > len(header) and any(v.strip() for v in values[len(header):]):
-                raise UserError(f"{where}: malformed row: {len(values)} fields, expected {len(header)}")
-            yield where, {c: (values[i].strip() if i < len(values) else "") for c, i in pos.items()}
+            if len(values) < named or any(v.strip() for v in values[named:]):
+                raise UserError(f"{where}: malformed row: {len(values)} fields, the header has {len(header)} "
+                                f"({', '.join(header)})")
+            yield where, {c: values[i].strip() for c, i in pos.items()}
 
 
 def _split_alias(value: str, where: str) -> Optional[str]:

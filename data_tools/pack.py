@@ -20,7 +20,7 @@ import numpy as np
 from covidnetx import __version__
 from covidnetx.data import hdf5 as H
 from covidnetx.launch import get_comm, quiet_barrier
-from covidnetx.utils import UserError, atomic_write_json, sha256_file, stable_hash
+from covidnetx.utils import UserError, atomic_write_json, ensure_writable_dir, sha256_file, stable_hash
 from data_tools.adapters import ADAPTERS, get_adapter
 from data_tools.images import RESIZE_MODES, image_channels, load_image
 from data_tools.manifest import Manifest
@@ -60,6 +60,8 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     p.add_argument("--all-views", action="store_true", help="keep lateral views (default: frontal only)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable images, listing them in the index, instead of failing")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="accept image paths that are absolute or lead out of RAW_ROOT with '..'")
     p.add_argument("--name", default=None, help="dataset name (default: the output folder's name)")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -89,6 +91,21 @@ def label_array(manifest: Manifest, rows) -> np.ndarray:
     return np.array([r.label for r in rows], dtype=np.float32).reshape(len(rows), len(manifest.class_names))
 
 
+def probe_channels(manifest: Manifest, skip_bad: bool) -> int:
+    """Gray or colour, from the first readable image (with --skip-bad, unreadable ones are passed over here
+    as they are when packing; without it the first row must be readable)."""
+    for r in manifest.rows:
+        path = Path(manifest.root) / r.path
+        try:
+            return image_channels(str(path))
+        except Exception as e:  # noqa: BLE001 - PIL raises many kinds for corrupt files
+            if not skip_bad:
+                reason = "file not found" if not path.exists() else f"cannot read image ({e})"
+                raise UserError(f"{r.where or path}: {path}: {reason}") from None
+    raise UserError(f"{manifest.kind} {manifest.root}: no readable image (to decide gray or colour); "
+                    "pass --channels 1 or 3")
+
+
 def make_plan(args) -> dict:
     """Everything every rank must agree on, computed from the raw metadata alone (deterministic)."""
     if args.shard_size < 1:
@@ -96,7 +113,7 @@ def make_plan(args) -> dict:
     if args.size is not None and args.size < 1:
         raise UserError("--size must be >= 1")
     manifest = get_adapter(args.kind)(args.raw_root, **adapter_options(args))
-    manifest.check()
+    manifest.check(allow_outside_root=args.allow_outside_root)
     fractions = parse_fractions(args.splits)
     if not 0 <= args.val_fraction < 1:
         raise UserError("--val-fraction must be in [0, 1)")
@@ -105,11 +122,7 @@ def make_plan(args) -> dict:
         if manifest.default_channels:
             channels = manifest.default_channels
         else:
-            first = Path(manifest.root) / manifest.rows[0].path
-            try:
-                channels = image_channels(str(first))
-            except Exception as e:
-                raise UserError(f"{manifest.rows[0].where or first}: {first}: cannot read image ({e})") from None
+            channels = probe_channels(manifest, args.skip_bad)
     else:
         channels = int(args.channels)
     settings = {"encoding": args.encoding, "channels": channels, "size": args.size, "resize": args.resize,
@@ -145,7 +158,23 @@ def deal(shards: list, size: int) -> list:
 # ----------------------------------------------------------------------------------------------------
 # one shard
 # ----------------------------------------------------------------------------------------------------
-def shard_is_done(out: Path, sh: dict) -> bool:
+def source_stamp(plan: dict, sh: dict) -> str:
+    """What a shard's source files were when it was written: (path, size, mtime) of each, hashed. A kept
+    shard must match it, so a changed or replaced image is packed again (stat only: cheap on any file
+    system, and each rank stamps only the shards it handles)."""
+    root = Path(plan["manifest"].root)
+    stamp = []
+    for i in sh["rows"]:
+        path = plan["manifest"].rows[i].path
+        try:
+            st = os.stat(root / path)
+            stamp.append((path, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stamp.append((path, -1, -1))
+    return stable_hash(stamp, 32)
+
+
+def shard_is_done(out: Path, sh: dict, plan: dict) -> bool:
     f, side = out / sh["file"], out / H.sidecar_name(sh["file"])
     if not (f.is_file() and side.is_file()):
         return False
@@ -154,12 +183,14 @@ def shard_is_done(out: Path, sh: dict) -> bool:
         meta = json.loads(side.read_text())
     except ValueError:
         return False
-    return meta.get("plan_hash") == sh["plan_hash"] and meta.get("sha256") == sha256_file(f)
+    return (meta.get("plan_hash") == sh["plan_hash"] and meta.get("sources") == source_stamp(plan, sh)
+            and meta.get("sha256") == sha256_file(f))
 
 
 def pack_shard(out: Path, plan: dict, sh: dict, skip_bad: bool, progress=None) -> None:
     manifest, st = plan["manifest"], plan["settings"]
     root = Path(manifest.root)
+    stamp = source_stamp(plan, sh)
     images, shapes, kept, skipped = [], [], [], []
     for i in sh["rows"]:
         r = manifest.rows[i]
@@ -200,7 +231,8 @@ def pack_shard(out: Path, plan: dict, sh: dict, skip_bad: bool, progress=None) -
             counts.setdefault(c, {}).setdefault(r.source, 0)
             counts[c][r.source] += 1
     atomic_write_json(out / H.sidecar_name(sh["file"]), {
-        "file": sh["file"], "plan_hash": sh["plan_hash"], "sha256": sha256_file(f), "count": len(rows),
+        "file": sh["file"], "plan_hash": sh["plan_hash"], "sources": stamp, "sha256": sha256_file(f),
+        "count": len(rows),
         "bytes": f.stat().st_size, "image_shape": list(shapes[0]) if st["encoding"] == "raw" and shapes else None,
         "counts": counts, "skipped": skipped})
 
@@ -264,6 +296,9 @@ def clean_stale(out: Path, plan: dict) -> None:
         for p in d.iterdir():
             rel = f"{H.SHARD_DIR}/{p.name}"
             if rel not in keep:
+                if p.is_dir() and not p.is_symlink():
+                    raise UserError(f"{p}: a folder inside {H.SHARD_DIR}/, where covidnetx pack keeps only its "
+                                    "own files; move it elsewhere and pack again")
                 p.unlink()
 
 
@@ -282,17 +317,23 @@ def run(args) -> int:
         plan = make_plan(args)
     except UserError as e:
         error = str(e)
+    except Exception as e:  # noqa: BLE001 - reported with its rank, then every rank exits
+        error = f"rank {rank}: {type(e).__name__}: {e}"
     errors = comm.allgather(error)          # every rank computes the same plan; agree before writing
     if any(errors):
         if rank == 0:
             print(f"covidnetx pack: error: {next(e for e in errors if e)}", file=sys.stderr)
         return 2
     if rank == 0:
-        (out / H.SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        idx = out / H.INDEX_NAME
-        if idx.exists():
-            idx.unlink()                    # the dataset is incomplete until the new index is written
-    comm.Barrier()
+        try:
+            prepare_out(out)
+        except UserError as e:
+            error = str(e)
+    error = comm.bcast(error, root=0)       # every rank waits for rank 0's verdict, never for a crashed rank 0
+    if error:
+        if rank == 0:
+            print(f"covidnetx pack: error: {error}", file=sys.stderr)
+        return 2
     owner = deal(plan["shards"], size)
     mine = [sh for sh, o in zip(plan["shards"], owner) if o == rank]
     progress = None
@@ -303,7 +344,7 @@ def run(args) -> int:
     done = written = 0
     try:
         for sh in mine:
-            if shard_is_done(out, sh):
+            if shard_is_done(out, sh, plan):
                 done += 1
                 if progress is not None:
                     progress.update(len(sh["rows"]))
@@ -341,7 +382,28 @@ def run(args) -> int:
         except UserError as e:
             print(f"covidnetx pack: error: {e}", file=sys.stderr)
             status = 2
+        except OSError as e:                # disk full, quota, permissions at the index write
+            print(f"covidnetx pack: error: {out}: cannot write the index ({e.strerror or e}); nothing was "
+                  "published: the dataset stays incomplete until a rerun finishes", file=sys.stderr)
+            status = 2
+        except Exception as e:  # noqa: BLE001 - still tell the other ranks, which wait for rank 0
+            print(f"covidnetx pack: error: rank 0: {type(e).__name__}: {e}\n{traceback.format_exc()}",
+                  file=sys.stderr)
+            status = 2
     return comm.bcast(status, root=0)
+
+
+def prepare_out(out: Path) -> None:
+    """Rank 0, before any shard: the output folder exists and is writable, and any old index is removed
+    (the dataset is incomplete until the new index is written). Problems are UserErrors."""
+    ensure_writable_dir(out, "output folder")
+    ensure_writable_dir(out / H.SHARD_DIR, "output folder")
+    idx = out / H.INDEX_NAME
+    try:
+        if idx.exists():
+            idx.unlink()
+    except OSError as e:
+        raise UserError(f"{idx}: cannot remove the old index ({e.strerror or e})") from None
 
 
 def main(argv=None) -> int:

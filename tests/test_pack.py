@@ -185,7 +185,7 @@ def test_malformed_csv_row(tmp_path):
     raw = _csv_raw(tmp_path, rows_extra=["onlyonefield"])
     r = run_cli("pack", "csv", raw, tmp_path / "out", "--no-progress", check=False)
     assert r.returncode == 2
-    assert "labels.csv:10: malformed row: 1 fields, expected 3" in r.stderr
+    assert "labels.csv:10: malformed row: 1 fields, the header has 3" in r.stderr
 
 
 def test_unknown_label_and_empty_class(tmp_path):

@@ -163,8 +163,8 @@ def test_signal_between_runs_exits_75_before_the_next_run_and_resume_finishes(pa
     real_run_one = tasks.run_one
     finished = []
 
-    def run_one_then_signal(cfg, meta, subset, dist):
-        r = real_run_one(cfg, meta, subset, dist)
+    def run_one_then_signal(cfg, meta, subset, dist, force=False):
+        r = real_run_one(cfg, meta, subset, dist, force)
         finished.append(cfg.run_name)
         os.kill(os.getpid(), signal.SIGUSR1)       # lands after run a is done, before run b starts
         return r

@@ -31,7 +31,7 @@ from typing import Iterable, Sequence
 import h5py
 import numpy as np
 
-from covidnetx.utils import UserError, atomic_write_json, tmp_path_for
+from covidnetx.utils import UserError, atomic_write_json, sha256_file, tmp_path_for
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "covidnetx-packed"
@@ -41,6 +41,7 @@ ENCODINGS = ("png", "jpeg", "raw")
 LABEL_KINDS = ("multiclass", "multilabel")
 STRING_FIELDS = ("patient_id", "view", "source", "path")
 SPLITS = ("train", "val", "test")
+_VERIFIED: set = set()      # (shard path, size, mtime) whose checksum this process has checked
 
 
 def shard_name(split: str, k: int) -> str:
@@ -206,6 +207,34 @@ class PackedDataset:
                                    shape=ds.shape)
             self._images[k] = ds
         return ds
+
+    def verify(self) -> "PackedDataset":
+        """Check what training will read, once per process and shard file: each shard's size and SHA-256
+        against index.json (a flipped byte cannot pass), and multi-class labels within the class range.
+        A mismatch is a UserError naming the shard. Returns self."""
+        where = f"{self.root}:{self.split}"
+        for k, sh in enumerate(self.shards):
+            f = self.root / sh["file"]
+            try:
+                st = f.stat()
+            except OSError:
+                raise UserError(f"{f}: shard {k} of {where} is missing; repack the dataset") from None
+            key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+            if key in _VERIFIED:
+                continue
+            if st.st_size != sh.get("bytes", st.st_size) or sha256_file(f) != sh["sha256"]:
+                raise UserError(f"{f}: shard {k} of {where} does not match its checksum in {INDEX_NAME} (changed "
+                                f"or damaged since it was packed); `covidnetx verify {self.root}` checks every "
+                                "shard; repack, or set data.verify=false to read it anyway")
+            _VERIFIED.add(key)
+        if self.label_kind == "multiclass" and len(self):
+            labels = self.labels
+            bad = np.flatnonzero((labels < 0) | (labels >= self.num_classes))
+            if bad.size:
+                k, j = self.locate(int(bad[0]))
+                raise UserError(f"{self.root / self.shards[k]['file']}: sample {j} has label {int(labels[bad[0]])}, "
+                                f"outside the {self.num_classes} classes of {where}")
+        return self
 
     def close(self) -> None:
         if self._pid == os.getpid():

@@ -122,6 +122,20 @@ def read_checkpoint(path, what: str = "checkpoint"):
                         f"({type(e).__name__}: {first})") from None
 
 
+def load_state(model, state, path, strict: bool = True):
+    """``model.load_state_dict`` whose failures (another architecture: missing keys, other shapes) are a
+    UserError naming the file and the model."""
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: holds no state dict of weights")
+    try:
+        return model.load_state_dict(state, strict=strict)
+    except (RuntimeError, KeyError, TypeError) as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = "; ".join(lines[1:3] or lines[:1])[:300]
+        raise UserError(f"{path}: weights do not fit model {getattr(model, 'name', type(model).__name__)!r} "
+                        f"({detail})") from None
+
+
 def load_weights(model: TransferModel, path: str, drop_head: bool = True) -> dict:
     """Load a covidnetx checkpoint or a plain state dict from a local file. With ``drop_head`` the
     classifier is not loaded (transfer to a new label space). Returns the checkpoint's metadata."""
@@ -136,7 +150,7 @@ def load_weights(model: TransferModel, path: str, drop_head: bool = True) -> dic
         if w is not None and w.shape != model.head.weight.shape:
             raise UserError(f"{path}: checkpoint head has {w.shape[0]} classes, the task has "
                             f"{model.head.weight.shape[0]}; transfer with model.drop_head=true")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = load_state(model, state, path, strict=False)
     missing = [k for k in missing if not k.startswith("head.")]
     if missing or unexpected:
         raise UserError(f"{path}: weights do not fit model {model.name!r} "

@@ -30,7 +30,7 @@ from covidnetx import config as C
 from covidnetx.data.loader import Preprocess, make_loader, normalize
 from covidnetx.dist import to_device
 from covidnetx.eval.metrics import all_metrics, bootstrap_ci, confusion, from_confusion
-from covidnetx.models import count_params, create_model, flops_per_sample, load_weights, read_checkpoint
+from covidnetx.models import count_params, create_model, flops_per_sample, load_state, load_weights, read_checkpoint
 from covidnetx.results import append_row
 from covidnetx.train.schedule import bit_hyperrule, lr_at
 from covidnetx.utils import UserError, atomic_write_bytes, atomic_write_json
@@ -237,9 +237,13 @@ class Trainer:
             how = f"initialised from {cfg.model.init_from} (head {'dropped' if cfg.model.drop_head else 'kept'})"
             self.meta.setdefault("init_meta", ck.get("meta", {}))
         if state is not None:
+            lacks = [k for k in ("model", "step", "class_names") if not isinstance(state, dict) or k not in state]
+            if lacks:
+                raise UserError(f"{how.replace('resumed from ', '')}: not a covidnetx training checkpoint "
+                                f"(lacks {', '.join(lacks)}); model.init_from takes plain weights")
             if state["class_names"] != self.class_names:
                 raise UserError(f"checkpoint classes {state['class_names']} differ from the task's {self.class_names}")
-            model.load_state_dict(state["model"])
+            load_state(model, state.get("model"), how.replace("resumed from ", ""))
             start = int(state["step"])
         model.to(self.device)
         if cfg.regime == "linear" and cfg.task == "transfer":

@@ -43,19 +43,18 @@ def run(args) -> int:
     import yaml
     from covidnetx import dist as D
     from covidnetx.data.compose import Mixture
-    from covidnetx.data.hdf5 import PackedDataset
     from covidnetx.data.loader import Preprocess
-    from covidnetx.models import create_model
+    from covidnetx.models import create_model, load_state
     from covidnetx.results import json_safe
     from covidnetx.train.engine import evaluate_model
-    from covidnetx.train.tasks import check_sources, set_threads
+    from covidnetx.train.tasks import check_sources, packed, set_threads
 
     ck = _load_checkpoint(args.checkpoint)
     cfg = C.load_config(overrides=list(args.overrides), base=yaml.safe_load(ck["config"]))
     if not cfg.data.eval_split:
         raise UserError("config key 'data.eval_split' is empty: name the split to evaluate (e.g. data.eval_split=test)")
     check_sources(cfg)
-    view = Mixture([PackedDataset(s, cfg.data.eval_split) for s in cfg.data.sources], cfg.data.label_space,
+    view = Mixture([packed(cfg, s, cfg.data.eval_split) for s in cfg.data.sources], cfg.data.label_space,
                    1.0, 0, cfg.data.rename)
     if list(view.class_names) != list(ck["class_names"]):
         raise UserError(f"the data's classes {list(view.class_names)} differ from the checkpoint's "
@@ -64,7 +63,7 @@ def run(args) -> int:
     dist = D.init(cfg.backend, "cuda" if cfg.data.device == "gpu" else "auto")
     try:
         model = create_model(cfg.model.name, len(ck["class_names"]))
-        model.load_state_dict(ck["model"])
+        load_state(model, ck["model"], args.checkpoint)
         model.to(dist.device)
         pp = Preprocess.from_config(cfg.data, augment=False)
         metrics = evaluate_model(model, view, cfg, dist, pp)

@@ -38,7 +38,7 @@ from covidnetx.data.compose import Mixture
 from covidnetx.data.hdf5 import PackedDataset
 from covidnetx.data.loader import Preprocess, make_loader, normalize
 from covidnetx.eval.metrics import all_metrics, bootstrap_ci
-from covidnetx.models import count_params, create_model, flops_per_sample, load_weights
+from covidnetx.models import count_params, create_model, flops_per_sample, load_state, load_weights
 from covidnetx.utils import UserError, atomic_write_bytes, atomic_write_json, sha256_file
 
 _SHA: dict = {}
@@ -162,7 +162,7 @@ def _reference_model(cfg: C.Config, num_classes: int, device):
     import yaml
     ck = _load_checkpoint(ref)
     m = create_model(yaml.safe_load(ck["config"])["model"]["name"], len(ck["class_names"]))
-    m.load_state_dict(ck["model"])
+    load_state(m, ck["model"], ref)
     return m.to(device).eval()
 
 

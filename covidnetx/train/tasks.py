@@ -21,7 +21,7 @@ from covidnetx import config as C
 from covidnetx.data.compose import Mixture, few_shot
 from covidnetx.data.hdf5 import PackedDataset
 from covidnetx.models import read_checkpoint
-from covidnetx.utils import UserError
+from covidnetx.utils import UserError, ensure_writable_dir
 
 EXIT_NONFINITE = 3
 
@@ -33,6 +33,10 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None, task: str = "
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--keys", action="store_true",
                    help="list every config key with its type, default and meaning, and exit")
+    p.add_argument("--force", action="store_true",
+                   help="delete an existing run directory of the same name and start the run over (without "
+                        "it, a run directory holding another config is an error naming the keys that differ, "
+                        "and one holding this config is resumed or skipped)")
     p.set_defaults(task=task)
     return p
 
@@ -45,6 +49,24 @@ def check_sources(cfg: C.Config) -> None:
             raise UserError(f"config key 'data.sources': {s!r} is not a packed dataset (no index.json)")
 
 
+_UPSAMPLE_SAID: set = set()
+
+
+def packed(cfg: C.Config, root: str, split: str) -> PackedDataset:
+    """One split of a packed source, checked before training or evaluation reads it (``data.verify``).
+    Says once per source when ``data.image_size`` is larger than the packed images (they are upsampled)."""
+    ds = PackedDataset(root, split)
+    size = ds.index.get("image_size")
+    if size and max(size) < cfg.data.image_size and str(root) not in _UPSAMPLE_SAID:
+        _UPSAMPLE_SAID.add(str(root))
+        from covidnetx.launch import world_from_env
+        if world_from_env().rank == 0:
+            print(f"note: data.image_size={cfg.data.image_size} is larger than the packed images of {root} "
+                  f"({size[0]}x{size[1]}): they are upsampled; pack with --size {cfg.data.image_size} or lower "
+                  "data.image_size if that is not meant", file=sys.stderr, flush=True)
+    return ds.verify() if cfg.data.verify else ds
+
+
 def _views(cfg: C.Config):
     """(train, eval, val) views of the config's data: the train split (with the source fraction for
     pre-training), the split scored at the end, and the val split used for choices during a run (None
@@ -53,12 +75,12 @@ def _views(cfg: C.Config):
     if cfg.task == "transfer" and cfg.data.fraction != 1.0:
         raise UserError("config key 'data.fraction': applies to pre-training sources only; transfer uses the "
                         "whole target train split (few-shot: shots)")
-    train_parts = [PackedDataset(s, cfg.data.train_split) for s in cfg.data.sources]
+    train_parts = [packed(cfg, s, cfg.data.train_split) for s in cfg.data.sources]
     frac = cfg.data.fraction if cfg.task == "pretrain" else 1.0
     train = Mixture(train_parts, cfg.data.label_space, frac, cfg.data.fraction_seed, cfg.data.rename)
 
     def view(split):
-        v = Mixture([PackedDataset(s, split) for s in cfg.data.sources], cfg.data.label_space, 1.0, 0,
+        v = Mixture([packed(cfg, s, split) for s in cfg.data.sources], cfg.data.label_space, 1.0, 0,
                     cfg.data.rename)
         if v.class_names != train.class_names:
             raise UserError(f"train and {split} splits map to different class lists")
@@ -135,9 +157,41 @@ def plan_runs(cfg: C.Config) -> list:
     return runs
 
 
-def run_one(cfg: C.Config, meta: dict, subset, dist) -> dict:
+def check_run_dir(cfg: C.Config, run_dir: Path, dist, force: bool = False) -> None:
+    """A run directory belongs to one config. Reusing its name with another config is an error naming the
+    keys that differ; ``force`` (``--force``) deletes the existing run directory, so the run starts over."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    if force:
+        if dist.is_primary:
+            import shutil
+            shutil.rmtree(run_dir)
+            print(f"[{cfg.run_name}] --force: removed the earlier run in {run_dir}", flush=True)
+        dist.barrier()
+        return
+    try:
+        old = C.load_config(str(saved))
+    except UserError as e:
+        raise UserError(f"run directory {run_dir}: its config.yaml is not readable ({e}); pass --force to "
+                        "start the run over") from None
+    diff = C.differences(old, cfg)
+    if diff:
+        shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+        raise UserError(f"run directory {run_dir} holds a run of another config ({shown}); choose another "
+                        "run_name, or pass --force to delete that run and start over")
+
+
+def check_out_dir(cfg: C.Config) -> None:
+    """Every rank, before any run: out_dir is (or can be made) a writable folder. Each rank reaches the same
+    verdict on a shared file system, so all stop together with one message."""
+    ensure_writable_dir(cfg.out_dir, "config key 'out_dir'")
+
+
+def run_one(cfg: C.Config, meta: dict, subset, dist, force: bool = False) -> dict:
     from covidnetx.train.engine import DONE, Trainer
     run_dir = Path(cfg.out_dir) / cfg.run_name
+    check_run_dir(cfg, run_dir, dist, force)
     if (run_dir / DONE).is_file():
         if dist.is_primary:
             print(f"[{cfg.run_name}] already done; skipping", flush=True)
@@ -185,10 +239,10 @@ def run(args) -> int:
     if args.print_config:
         print(C.dump(cfg))
         return 0
-    return run_configs([cfg], args.task)
+    return run_configs([cfg], args.task, force=args.force)
 
 
-def run_configs(cfgs: list, label: str) -> int:
+def run_configs(cfgs: list, label: str, force: bool = False) -> int:
     """Run configs one after another in this launcher invocation (the distributed backend is started
     once; few-shot configs expand to shots x seeds runs). Finished runs are skipped."""
     from covidnetx import dist as D
@@ -199,11 +253,12 @@ def run_configs(cfgs: list, label: str) -> int:
         try:
             dist = D.init(cfgs[0].backend, "cuda" if cfgs[0].data.device == "gpu" else "auto")
             for cfg in cfgs:
+                check_out_dir(cfg)
                 for sub, meta, subset in plan_runs(cfg):
                     # between runs: every rank agrees (the signal may have reached only some of them)
                     if dist.allreduce_sum([1.0 if STOP.requested else 0.0])[0] > 0:
                         raise Interrupted(None, sub.run_name)
-                    run_one(sub, meta, subset, dist)
+                    run_one(sub, meta, subset, dist, force)
             return 0
         except UserError as e:
             if dist is None or dist.is_primary:
