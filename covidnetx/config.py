@@ -340,7 +340,7 @@ def format_keys() -> str:
 
 
 RUN_KEYS_FREE = ("out_dir", "results", "resume", "run_name", "eval_every", "ckpt_every", "log_every", "threads",
-                 "feature_cache", "data.workers", "seeds")
+                 "feature_cache", "data.workers", "data.verify", "seeds")
 
 
 def differences(a: Config, b: Config, ignore=RUN_KEYS_FREE) -> list:
@@ -357,6 +357,13 @@ def differences(a: Config, b: Config, ignore=RUN_KEYS_FREE) -> list:
 
 
 def config_hash(cfg: Config, exclude=("out_dir", "results", "resume", "run_name", "eval_every", "ckpt_every",
-                                      "log_every", "threads", "feature_cache")) -> str:
+                                      "log_every", "threads", "feature_cache", "data.verify")) -> str:
+    """What the results depend on: the config without keys that only say where files go, how often to log,
+    or whether to check inputs (dotted keys name nested ones)."""
     d = {k: v for k, v in to_dict(cfg).items() if k not in exclude}
+    for key in exclude:
+        if "." in key:
+            top, sub = key.split(".", 1)
+            if isinstance(d.get(top), dict):
+                d[top] = {k: v for k, v in d[top].items() if k != sub}
     return stable_hash(d, 12)

@@ -239,7 +239,7 @@ def run(args) -> int:
     if done_before == total and stamp.is_file():      # nothing ran: keep the record of the run that did the work
         info = {**json.loads(stamp.read_text()), "note": note, "credits": preset.get("credits", "")}
     atomic_write_json(stamp, info)
-    report = write_study_report(sw, info)
+    report = write_study_report(sw, info, [n for n, _ in pre] + [x for *_, subs in tr for x in subs])
     if args.report_to:
         import shutil
         dst = Path(args.report_to)
@@ -252,7 +252,7 @@ def run(args) -> int:
     return 0
 
 
-def write_study_report(sw: dict, info: dict) -> Path:
+def write_study_report(sw: dict, info: dict, run_ids=None) -> Path:
     from covidnetx.scaling.report import write_report
     total = info["runs"]["pretrain"] + info["runs"]["transfer"]
     took = (f"it took {info['seconds'] / 60:.0f} min from raw data to this report" if not info["done_before"] else
@@ -268,7 +268,7 @@ def write_study_report(sw: dict, info: dict) -> Path:
     pre += ("\n\nThe study's metric is balanced accuracy (the mean of the per-class sensitivities; chance = 1 / "
             "classes), which a model that favours the largest class cannot inflate.")
     return write_report(res, Path(sw["out_dir"]) / "report", metric=sw["fit"].get("metric", "accuracy"),
-                        title=f"Transfer scaling study: {info['preset']}", preamble=pre)
+                        title=f"Transfer scaling study: {info['preset']}", preamble=pre, run_ids=run_ids)
 
 
 def main(argv=None) -> int:

@@ -291,7 +291,8 @@ def run_local(sw: dict, pre, tr, paths, nprocs: int, stage: str, dry: bool) -> i
     if stage in ("all", "report") and not dry:
         from covidnetx.scaling.report import write_report
         res = Path(sw["out_dir"]) / "results.jsonl"
-        report = write_report(res, Path(sw["out_dir"]) / "report", metric=sw["fit"].get("metric", "accuracy"))
+        report = write_report(res, Path(sw["out_dir"]) / "report", metric=sw["fit"].get("metric", "accuracy"),
+                              run_ids=[n for n, _ in pre] + [x for *_, subs in tr for x in subs])
         print(f"report: {report}")
     return 0
 

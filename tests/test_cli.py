@@ -86,3 +86,15 @@ def test_study_on_the_real_images_shrunk(tmp_path, natural_small, cxr_small):
     for name in ("error-vs-params.png", "error-vs-data.pdf", "fewshot.png", "fits-params.csv", "domains.png"):
         assert (out / "study" / "report" / name).is_file(), name
     assert f"report: {out / 'study' / 'report' / 'report.md'}" in r.stdout
+    # rows of runs the plan does not have (an earlier version of the study in the same table) never add to n
+    import json
+    stray = dict(cell[0], run_id="from-an-earlier-version-of-the-study", time=cell[0]["time"] + 1)
+    with open(out / "study" / "results.jsonl", "a") as f:
+        f.write(json.dumps(stray) + "\n")
+    r = subprocess.run([sys.executable, "-m", "covidnetx.cli", "study", "--preset", "real", "--out", str(out), "--np", "2",
+                        "--models", "resnet_w4,resnet_w6", "--sizes", "40,120", "--seeds", "0,1", "--shots", "1,25",
+                        "--epochs", "1"], capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    again = (out / "study" / "report" / "report.md").read_text()
+    assert "1 row(s) of runs outside this study's plan" in again
+    assert again.split("## Transfer results")[1].split("\n## ")[0] == table

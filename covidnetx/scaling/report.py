@@ -249,17 +249,25 @@ def measure_correlations(rows: list, metric: str) -> list:
 
 
 def write_report(results, out: Path, metric: str = "accuracy", n_boot: int = 200, title: str = "",
-                 preamble: str = "") -> Path:
+                 preamble: str = "", run_ids=None) -> Path:
+    """The report of a results table; with ``run_ids`` (a study's plan) only those runs, so rows of runs
+    the plan no longer has (an earlier version of the study in the same table) never add to a cell's n."""
     rows = T.final_rows(T.load_table(results))
+    other = 0
+    if run_ids is not None:
+        keep = set(run_ids)
+        other = sum(r.get("run_id") not in keep for r in rows)
+        rows = [r for r in rows if r.get("run_id") in keep]
     if not rows:
-        raise UserError(f"{results}: no final result rows")
+        raise UserError(f"{results}: no final result rows" + (" of this study's runs" if run_ids is not None else ""))
     out.mkdir(parents=True, exist_ok=True)
     n_pre = sum(r.get("task") == "pretrain" for r in rows)
     md = [f"# {title or 'Transfer scaling report'}\n"]
     if preamble:
         md += [preamble, ""]
-    md += [f"Results: `{results}`: {len(rows)} finished runs ({n_pre} pre-training, {len(rows) - n_pre} transfer). "
-           f"Metric: {metric}; error = 1 − {metric}; values in %.\n",
+    md += [f"Results: `{results}`: {len(rows)} finished runs ({n_pre} pre-training, {len(rows) - n_pre} transfer)"
+           + (f"; {other} row(s) of runs outside this study's plan (an earlier version of it) left out" if other
+              else "") + f". Metric: {metric}; error = 1 − {metric}; values in %.\n",
            "How to read the numbers: **mean ± std (n=…)** over runs that differ only in their seeds, shown only "
            "where n ≥ 2; **value [lo–hi] (n=1)** is one run with its test-set 95% bootstrap interval; "
            "**⚠ chance**: the cell's balanced accuracy cannot be told from chance (1 / classes) — such cells "
