@@ -37,6 +37,14 @@ class Manifest:
         with one warning."""
         if not self.rows:
             raise UserError(f"{self.kind}: no images found under {self.root}")
+        for r in self.rows:
+            for what, text in (("image path", r.path), ("label", r.label if isinstance(r.label, str) else "")):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                    raise UserError(f"{r.where or shown}: {what} {shown!r} is not UTF-8 (the packed index stores "
+                                    "UTF-8 text); rename it") from None
         if not allow_outside_root:
             for r in self.rows:
                 norm = os.path.normpath(r.path)

@@ -232,3 +232,17 @@ def test_checkpoints_of_another_model_and_unwritable_outputs(tmp_path, capsys):
     torch.save({"a": torch.zeros(2)}, tmp_path / "plain.ckpt")
     assert main(pretrain_args(data, out, steps=1, extra=common + ["run_name=p", f"resume={tmp_path / 'plain.ckpt'}"])) == 2
     assert "plain.ckpt: not a covidnetx training checkpoint" in capsys.readouterr().err
+
+
+def test_a_file_name_that_is_not_utf8(tmp_path):
+    raw = tmp_path / "raw"
+    for cls in ("a", "b"):
+        for i in range(3):
+            write_png(raw / cls / f"img{i}.png", np.zeros((8, 8), np.uint8))
+    bad = os.fsencode(raw / "b") + b"/img\xff.png"
+    with open(bad, "wb") as f:
+        f.write((raw / "a" / "img0.png").read_bytes())
+    r = run_cli("pack", "imagefolder", raw, tmp_path / "out", "--no-progress", check=False)
+    assert r.returncode == 2 and r.stderr.count("error:") == 1, r.stderr
+    assert "b/img\\\\xff.png' is not UTF-8" in r.stderr, r.stderr
+    assert not (tmp_path / "out" / "index.json").exists()
