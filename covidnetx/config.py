@@ -339,8 +339,11 @@ def format_keys() -> str:
     return "\n".join(f"{k:<{wk}}  {t:<{wt}}  {v:<{wv}}  {d}".rstrip() for k, t, v, d in rows)
 
 
-RUN_KEYS_FREE = ("out_dir", "results", "resume", "run_name", "eval_every", "ckpt_every", "log_every", "threads",
-                 "feature_cache", "data.workers", "data.verify", "seeds")
+# keys that do not change a run's results: where files go, how often to log, whether to check inputs
+HASH_FREE = ("out_dir", "results", "resume", "run_name", "eval_every", "ckpt_every", "log_every", "threads",
+             "feature_cache", "data.verify")
+# ... and, for a run directory and its resumption, also these
+RUN_KEYS_FREE = HASH_FREE + ("data.workers", "seeds")
 
 
 def differences(a: Config, b: Config, ignore=RUN_KEYS_FREE) -> list:
@@ -356,8 +359,7 @@ def differences(a: Config, b: Config, ignore=RUN_KEYS_FREE) -> list:
     return out
 
 
-def config_hash(cfg: Config, exclude=("out_dir", "results", "resume", "run_name", "eval_every", "ckpt_every",
-                                      "log_every", "threads", "feature_cache", "data.verify")) -> str:
+def config_hash(cfg: Config, exclude=HASH_FREE) -> str:
     """What the results depend on: the config without keys that only say where files go, how often to log,
     or whether to check inputs (dotted keys name nested ones)."""
     d = {k: v for k, v in to_dict(cfg).items() if k not in exclude}

@@ -20,8 +20,7 @@ def planted(a, b, c, seed, seeds=3, noise=0.03, x=SIZES):
 @pytest.mark.parametrize("a, b, c", [(20.0, 0.3, 0.05), (5.0, 0.5, 0.1)])
 def test_planted_saturating_law_recovery_and_ci_coverage(a, b, c):
     """30 replicates of 6 sizes x 3 seeds at 3% noise: median b within 10% of the truth, and the 95% CI
-    covers the truth in at least 24 of 30 (measured here: 96-98 of 100 with the t-widened percentile
-    interval; the plain percentile interval covered only ~90)."""
+    covers the truth in at least 24 of 30."""
     bs, covered_b, covered_c, ok = [], 0, 0, 0
     for r in range(30):
         X, y = planted(a, b, c, seed=1000 + r)

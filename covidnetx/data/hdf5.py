@@ -226,14 +226,13 @@ class PackedDataset:
                 raise UserError(f"{f}: shard {k} of {where} does not match its checksum in {INDEX_NAME} (changed "
                                 f"or damaged since it was packed); `covidnetx verify {self.root}` checks every "
                                 "shard; repack, or set data.verify=false to read it anyway")
+            if self.label_kind == "multiclass":
+                labels = self._file(k)["label"][()]
+                bad = np.flatnonzero((labels < 0) | (labels >= self.num_classes))
+                if bad.size:
+                    raise UserError(f"{f}: sample {int(bad[0])} has label {int(labels[bad[0]])}, outside the "
+                                    f"{self.num_classes} classes of {where}")
             _VERIFIED.add(key)
-        if self.label_kind == "multiclass" and len(self):
-            labels = self.labels
-            bad = np.flatnonzero((labels < 0) | (labels >= self.num_classes))
-            if bad.size:
-                k, j = self.locate(int(bad[0]))
-                raise UserError(f"{self.root / self.shards[k]['file']}: sample {j} has label {int(labels[bad[0]])}, "
-                                f"outside the {self.num_classes} classes of {where}")
         return self
 
     def close(self) -> None:

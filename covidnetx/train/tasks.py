@@ -137,9 +137,8 @@ def plan_runs(cfg: C.Config) -> list:
             "init_meta": im, "source_domain": sdom or None,
             "domain_pair": (("intra" if sdom == cfg.target_domain else "inter") if sdom and cfg.target_domain
                             else None)}
-    linear_probe = cfg.regime == "linear" or (cfg.regime == "fewshot" and cfg.fewshot_mode == "linear")
     if cfg.regime != "fewshot":
-        if linear_probe and cfg.model.init_from and len(seeds) > 1:
+        if is_probe(cfg) and cfg.model.init_from and len(seeds) > 1:
             raise UserError("config key 'seeds': a linear probe of one checkpoint is deterministic, so seeds "
                             "would repeat one run; probe checkpoints pre-trained with different seeds instead")
         name = cfg.run_name or f"transfer-{cfg.regime}-{cfg.model.name}-{base_hash}"
@@ -155,6 +154,11 @@ def plan_runs(cfg: C.Config) -> list:
             sub = _seeded(cfg, name, seed, [f"shots=[{k}]"])
             runs.append((sub, {**meta, "shots": k}, idx))
     return runs
+
+
+def is_probe(cfg: C.Config) -> bool:
+    """Transfer by a linear probe on frozen features (linear; few-shot unless fewshot_mode=full)."""
+    return cfg.regime == "linear" or (cfg.regime == "fewshot" and cfg.fewshot_mode == "linear")
 
 
 def check_run_dir(cfg: C.Config, run_dir: Path, dist, force: bool = False) -> None:
@@ -201,7 +205,7 @@ def run_one(cfg: C.Config, meta: dict, subset, dist, force: bool = False) -> dic
     if cfg.task == "transfer" and cfg.model.init_from and "measures" not in meta:
         from covidnetx.train.probe import transfer_measures
         meta["measures"] = transfer_measures(cfg, dist, train, meta.get("init_meta") or {})
-    if cfg.task == "transfer" and (cfg.regime == "linear" or (cfg.regime == "fewshot" and cfg.fewshot_mode == "linear")):
+    if cfg.task == "transfer" and is_probe(cfg):
         from covidnetx.train.probe import run_probe
         return run_probe(cfg, dist, train, ev, val, run_dir, meta, subset)
     if subset is not None:
