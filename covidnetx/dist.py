@@ -6,15 +6,18 @@ collectives. Backends: ``horovod`` (MPI or Gloo controller, whatever horovodrun/
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sys
+import traceback
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from covidnetx.launch import World, world_from_env
-from covidnetx.utils import UserError
+from covidnetx.utils import AgreedError, UserError
 
 
 class Dist:
@@ -46,8 +49,54 @@ class Dist:
     def broadcast_object(self, obj, root: int = 0):
         return obj
 
+    def allgather_object(self, obj) -> list:
+        """Every rank's ``obj`` (small, picklable: made by covidnetx, never read from a file), in rank order."""
+        return [obj]
+
     def barrier(self) -> None:
         pass
+
+    # -- failure --
+    @contextlib.contextmanager
+    def phase(self):
+        """Error agreement around a block that every rank runs and that holds no collective (checks, file
+        reads, rank 0's writes): the block's error on any rank becomes one AgreedError on every rank, which
+        names the rank when not all of them failed. Ranks otherwise meet as at a barrier."""
+        error = None
+        try:
+            yield
+        except UserError as e:
+            error = str(e)
+        except Exception as e:  # noqa: BLE001 - any failure must reach the other ranks, which would wait
+            error = f"{type(e).__name__}: {e}"
+            print(traceback.format_exc(), file=sys.stderr, flush=True)
+        errors = self.allgather_object(error)
+        failed = [r for r, e in enumerate(errors) if e]
+        if not failed:
+            return
+        first = errors[failed[0]]
+        if len(failed) == self.size and all(errors[r] == first for r in failed):
+            raise AgreedError(first)
+        others = f" (and rank(s) {', '.join(map(str, failed[1:]))})" if len(failed) > 1 else ""
+        raise AgreedError(f"rank {failed[0]}{others}: {first}")
+
+    def abort(self, code: int) -> None:
+        """End every rank of the job now: the last resort after a failure on some ranks only, outside any
+        error agreement (the others may wait in a collective forever). MPI_Abort where MPI runs; else this
+        process exits at once, without the exit handlers that would wait for the other ranks (mpirun ends
+        the rest on a non-zero exit; torch.distributed's peers fail at their next collective)."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self.size > 1:
+            mpi = sys.modules.get("mpi4py.MPI")
+            if mpi is None:
+                with contextlib.suppress(Exception):
+                    import mpi4py
+                    mpi4py.rc.initialize = False
+                    from mpi4py import MPI as mpi
+            if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+                mpi.COMM_WORLD.Abort(code)
+        os._exit(code)
 
     # -- training --
     def broadcast_state(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> None:
@@ -64,8 +113,36 @@ class Dist:
     def sync_grads(self, model: torch.nn.Module) -> None:
         """Average gradients across ranks where the optimizer does not (torch backend)."""
 
+    def step(self, model: torch.nn.Module, optimizer, scaler=None, clip: float = 0.0) -> None:
+        """One optimizer step on the gradients averaged over ranks: unscaled (fp16 loss scaling) and
+        clipped to norm ``clip`` where asked, then zeroed. The backend's own order of operations lives
+        here, so the training loop is the same under every launcher."""
+        self.sync_grads(model)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad()
+
     def shutdown(self) -> None:
         pass
+
+
+def fail_alone(dist, label: str, message: str, code: int) -> int:
+    """A failure outside any error agreement, so possibly on this rank alone (a training step, a loader,
+    a collective): the message with its rank, then the whole job ends (the other ranks may be waiting
+    in a collective for this one). A single process just returns ``code``."""
+    if dist is None or dist.size == 1:
+        print(f"covidnetx {label}: error: {message}", file=sys.stderr)
+        return code
+    print(f"covidnetx {label}: error: rank {dist.rank}: {message}", file=sys.stderr, flush=True)
+    dist.abort(code)
+    return code
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -135,6 +212,9 @@ class HorovodDist(Dist):
     def broadcast_object(self, obj, root=0):
         return self.hvd.broadcast_object(obj, root_rank=root, name="covidnetx.broadcast_object")
 
+    def allgather_object(self, obj):
+        return self.hvd.allgather_object(obj, name="covidnetx.allgather_object")
+
     def barrier(self):
         self.hvd.allreduce(torch.zeros(1), name="covidnetx.barrier")
 
@@ -165,6 +245,27 @@ class HorovodDist(Dist):
         if state["state"]:
             wrapped.load_state_dict(state)
         return wrapped
+
+    def step(self, model, optimizer, scaler=None, clip=0.0):
+        # Horovod: the DistributedOptimizer's allreduces start in backward; step() waits for them. To
+        # touch the averaged gradients first (unscale, clip), wait explicitly, then step without a second
+        # wait (Horovod's synchronize / skip_synchronize pattern for AMP and gradient clipping)
+        if scaler is None and not clip:
+            optimizer.step()
+        else:
+            optimizer.synchronize()
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            with optimizer.skip_synchronize():
+                if scaler is not None:
+                    scaler.step(optimizer)
+                else:
+                    optimizer.step()
+            if scaler is not None:
+                scaler.update()
+        optimizer.zero_grad()
 
     def shutdown(self):
         self.hvd.shutdown()
@@ -226,6 +327,11 @@ class TorchDist(Dist):
         box = [obj]
         self.td.broadcast_object_list(box, src=root)
         return box[0]
+
+    def allgather_object(self, obj):
+        objs = [None] * self.size
+        self.td.all_gather_object(objs, obj)
+        return objs
 
     def barrier(self):
         self.td.barrier()

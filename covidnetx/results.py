@@ -6,13 +6,14 @@ file beside the table, followed by ``fsync``.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import math
 import os
 from pathlib import Path
 
-from covidnetx.utils import UserError
+from covidnetx.utils import UserError, write_failure
 
 REQUIRED_FIELDS = (
     "run_id", "task", "model", "params", "source", "source_fraction", "target", "regime", "shots", "seed",
@@ -41,19 +42,27 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(json_safe(row), sort_keys=True, allow_nan=False) + "\n").encode()
-    with open(p.with_name(p.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        with open(p.with_name(p.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                n = os.write(fd, line)
-                if n != len(line):
-                    raise OSError(f"short write to {p} ({n} of {len(line)} bytes)")
-                os.fsync(fd)
+                fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+                try:
+                    size = os.fstat(fd).st_size
+                    try:
+                        n = os.write(fd, line)
+                        if n != len(line):
+                            raise OSError(errno.ENOSPC, f"short write ({n} of {len(line)} bytes)")
+                        os.fsync(fd)
+                    except OSError:
+                        os.ftruncate(fd, size)     # a torn row would make the table unreadable: remove it
+                        raise
+                finally:
+                    os.close(fd)
             finally:
-                os.close(fd)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    except OSError as e:
+        raise UserError(write_failure(p, e)) from None
 
 
 def load_results(path: str | os.PathLike) -> list:

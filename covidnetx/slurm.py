@@ -15,7 +15,17 @@ from pathlib import Path
 
 from covidnetx.utils import UserError, atomic_write_bytes
 
-JOBSCRIPTS = Path(__file__).resolve().parents[1] / "jobscripts"
+def _jobscripts() -> Path:
+    """The job-script templates: installed as package data (covidnetx/jobscripts/), or in a source checkout
+    at the top of the tree (jobscripts/)."""
+    here = Path(__file__).resolve().parent
+    for d in (here / "jobscripts", here.parent / "jobscripts"):
+        if (d / "common.sh").is_file():
+            return d
+    return here / "jobscripts"
+
+
+JOBSCRIPTS = _jobscripts()
 DEFAULTS = {
     "template": "generic", "account": "", "partition": "", "nodes": 1, "transfer_nodes": 1, "tasks_per_node": 1,
     "gpus_per_node": 0, "cpus_per_task": 1, "time": "01:00:00", "transfer_time": "", "report_time": "00:30:00",

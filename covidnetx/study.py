@@ -159,7 +159,8 @@ def pack_all(srcs: dict, target: Path, out: Path, nprocs: int, size: int) -> tup
 
 def feasible_shots(target: Path, shots: list) -> tuple:
     """Few-shot k values the target's train split can serve (k <= its smallest class), and a note."""
-    idx = json.loads((target / "index.json").read_text())
+    from covidnetx.data.hdf5 import load_index
+    idx = load_index(target)
     counts = {cls: sum(int(n) for n in by_source.values())
               for cls, by_source in (idx.get("counts", {}).get("train") or {}).items()}
     if not counts:

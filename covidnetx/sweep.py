@@ -22,6 +22,7 @@ from typing import Optional
 import yaml
 
 from covidnetx import config as C
+from covidnetx.record import RunDir
 from covidnetx.utils import UserError, atomic_write_bytes
 
 SWEEP_KEYS = {"name", "out_dir", "np", "base", "sources", "target", "models", "fractions", "sizes", "data_models",
@@ -100,12 +101,12 @@ def _fractions(sw: dict, src: dict) -> list:
     of this source's train split (so that sources of different sizes meet at the same sizes)."""
     if not sw.get("sizes"):
         return [float(f) for f in sw["fractions"]]
-    import json
+    from covidnetx.data.hdf5 import load_index
     n = 0
     for d in src["data"]:
         try:
-            n += int(json.loads((Path(d) / "index.json").read_text())["splits"]["train"]["count"])
-        except (OSError, ValueError, KeyError):
+            n += int(load_index(d)["splits"]["train"]["count"])
+        except (UserError, KeyError):
             raise UserError(f"sizes: cannot read the train split size of {d!r} (packed dataset?)") from None
     out = []
     for size in sw["sizes"]:
@@ -179,7 +180,7 @@ def expand(sw: dict) -> tuple:
             if regime == "fewshot" and t.get("fewshot_from", "largest") == "largest" \
                     and name not in largest[pcfg.source_name][1]:
                 continue
-            extra = {"model": {"name": pcfg.model.name, "init_from": str(out / "runs" / name / "last.ckpt")},
+            extra = {"model": {"name": pcfg.model.name, "init_from": str(RunDir(out / "runs" / name).ckpt)},
                      "source_domain": pcfg.source_domain, "seed": pcfg.seed,
                      "seeds": fs_seeds if regime == "fewshot" else []}
             tname, cfg = transfer_cfg(regime, extra, f"tr-{regime}-{name}")
@@ -217,28 +218,12 @@ def write_configs(sw: dict, pre: list, tr: list) -> dict:
 
 def _done(sw, run_names) -> bool:
     runs = Path(sw["out_dir"]) / "runs"
-    return all((runs / n / "done.json").is_file() for n in run_names)
+    return all(RunDir(runs / n).is_done() for n in run_names)
 
 
 def run_state(run_dir: Path, now: float) -> tuple:
     """(state, detail) of one run directory: done | checkpointed | started | not started."""
-    import json
-    if (run_dir / "done.json").is_file():
-        return "done", ""
-    if not run_dir.is_dir():
-        return "not started", ""
-    files = [f for f in run_dir.rglob("*") if f.is_file()]
-    last = max((f.stat().st_mtime for f in files), default=run_dir.stat().st_mtime)
-    ago = now - last
-    activity = f"last write {ago / 3600:.1f} h ago" if ago >= 3600 else f"last write {ago / 60:.0f} min ago"
-    try:
-        prog = json.loads((run_dir / "progress.json").read_text())
-        return "checkpointed", f"step {prog['step']} of {prog['total_steps']}, {activity}"
-    except (OSError, ValueError, KeyError):
-        pass
-    if (run_dir / "last.ckpt").is_file():
-        return "checkpointed", f"step unknown, {activity}"
-    return "started", f"no checkpoint yet, {activity}"
+    return RunDir(run_dir).state(now)
 
 
 def status(sw: dict, pre, tr, out=None) -> int:

@@ -12,6 +12,12 @@ class UserError(Exception):
     """A problem with the user's input (file, row, key, option). The CLI prints it once and exits 2."""
 
 
+class AgreedError(UserError):
+    """A UserError that every rank of a job raises together (after an error agreement, see
+    ``Dist.phase``): rank 0 prints it once and every rank exits 2 normally. Any other failure under a
+    multi-rank launcher ends the whole job from the rank that met it."""
+
+
 def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -21,12 +27,6 @@ def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
                 break
             h.update(b)
     return h.hexdigest()
-
-
-def tmp_path_for(path: str | os.PathLike) -> Path:
-    """A temporary sibling name that is unique per process and never mistaken for the final file."""
-    p = Path(path)
-    return p.with_name(f".tmp.{os.getpid()}.{p.name}")
 
 
 def current_umask() -> int:
@@ -63,23 +63,35 @@ def ensure_writable_dir(path: str | os.PathLike, what: str) -> None:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write through a temporary sibling and rename: readers see the old file or the new one, never a part.
-    The file gets the permissions any new file gets under the umask (mkstemp alone would make it 0600)."""
+    The file gets the permissions any new file gets under the umask (mkstemp alone would make it 0600).
+    A failed write (disk full, quota, file-size limit, read-only or unwritable folder) is one UserError
+    naming the file; the temporary file is removed and an earlier version stays as it was."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp.{p.name}.", dir=p.parent)
+    tmp = None
     try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp.{p.name}.", dir=p.parent)
         os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(e, OSError):
+            raise UserError(write_failure(p, e)) from None
         raise
+
+
+def write_failure(path: str | os.PathLike, e: OSError) -> str:
+    """The message for a file that could not be written."""
+    return (f"{path}: cannot write ({e.strerror or e}); nothing was replaced (is the disk full, the quota "
+            f"reached or the folder read-only?)")
 
 
 def dumps_json(obj) -> str:

@@ -9,7 +9,6 @@ import ast
 import csv
 import gzip
 import io
-import math
 import re
 from pathlib import Path
 from typing import Callable, Iterator, Optional

@@ -20,7 +20,7 @@ import numpy as np
 from covidnetx import __version__
 from covidnetx.data import hdf5 as H
 from covidnetx.launch import get_comm, quiet_barrier
-from covidnetx.utils import UserError, atomic_write_json, ensure_writable_dir, sha256_file, stable_hash
+from covidnetx.utils import UserError, ensure_writable_dir, sha256_file, stable_hash
 from data_tools.adapters import ADAPTERS, get_adapter
 from data_tools.images import RESIZE_MODES, image_channels, load_image
 from data_tools.manifest import Manifest
@@ -175,13 +175,9 @@ def source_stamp(plan: dict, sh: dict) -> str:
 
 
 def shard_is_done(out: Path, sh: dict, plan: dict) -> bool:
-    f, side = out / sh["file"], out / H.sidecar_name(sh["file"])
-    if not (f.is_file() and side.is_file()):
-        return False
-    try:
-        import json
-        meta = json.loads(side.read_text())
-    except ValueError:
+    f = out / sh["file"]
+    meta = H.read_sidecar(out, sh["file"])
+    if meta is None or not f.is_file():
         return False
     return (meta.get("plan_hash") == sh["plan_hash"] and meta.get("sources") == source_stamp(plan, sh)
             and meta.get("sha256") == sha256_file(f))
@@ -214,23 +210,16 @@ def pack_shard(out: Path, plan: dict, sh: dict, skip_bad: bool, progress=None) -
             progress.update(1)
     rows = [manifest.rows[i] for i in kept]
     labels = label_array(manifest, rows)
-    attrs = {"schema_version": H.SCHEMA_VERSION, "split": sh["split"], "shard_index": sh["k"],
-             "planned_start": sh["start"], "count": len(rows), "encoding": st["encoding"],
-             "channels": st["channels"], "label_kind": st["label_kind"], "class_names": st["class_names"],
-             "plan_hash": sh["plan_hash"]}
+    attrs = H.shard_attrs(split=sh["split"], shard_index=sh["k"], planned_start=sh["start"], count=len(rows),
+                          encoding=st["encoding"], channels=st["channels"], label_kind=st["label_kind"],
+                          class_names=st["class_names"], plan_hash=sh["plan_hash"])
     strings = {"patient_id": [r.patient_id for r in rows], "view": [r.view for r in rows],
                "source": [r.source for r in rows], "path": [r.path for r in rows]}
     f = out / sh["file"]
     H.write_shard(f, images=images, shapes=np.array(shapes, np.int32).reshape(-1, 3), labels=labels,
                   strings=strings, attrs=attrs)
-    counts = {}
-    for r, lab in zip(rows, labels):
-        names = [st["class_names"][lab]] if st["label_kind"] == "multiclass" else \
-            [c for c, v in zip(st["class_names"], lab) if v == 1.0]
-        for c in names:
-            counts.setdefault(c, {}).setdefault(r.source, 0)
-            counts[c][r.source] += 1
-    atomic_write_json(out / H.sidecar_name(sh["file"]), {
+    counts = H.count_classes(labels, [r.source for r in rows], st["class_names"], st["label_kind"])
+    H.write_sidecar(out, sh["file"], {
         "file": sh["file"], "plan_hash": sh["plan_hash"], "sources": stamp, "sha256": sha256_file(f),
         "count": len(rows),
         "bytes": f.stat().st_size, "image_shape": list(shapes[0]) if st["encoding"] == "raw" and shapes else None,
@@ -241,32 +230,22 @@ def pack_shard(out: Path, plan: dict, sh: dict, skip_bad: bool, progress=None) -
 # index
 # ----------------------------------------------------------------------------------------------------
 def build_index(out: Path, plan: dict, args) -> dict:
-    import json
+    """index.json for the finished shards (their sidecars hold what it lists); see ``hdf5.make_index``."""
     st, manifest = plan["settings"], plan["manifest"]
-    splits, counts, skipped, sources = {}, {}, [], set()
-    raw_shape = None
+    metas, raw_shape = [], None
     for sh in plan["shards"]:
-        meta = json.loads((out / H.sidecar_name(sh["file"])).read_text())
+        meta = H.read_sidecar(out, sh["file"])
+        if meta is None:
+            raise UserError(f"{out / H.sidecar_name(sh['file'])}: missing or unreadable; pack again")
         if st["encoding"] == "raw" and meta["image_shape"] is not None:
             if raw_shape is None:
                 raw_shape = meta["image_shape"]
             elif meta["image_shape"] != raw_shape:
                 raise UserError(f"{sh['file']}: images are {meta['image_shape']} but earlier shards hold "
                                 f"{raw_shape}; raw encoding needs one size: pass --size")
-        entry = splits.setdefault(sh["split"], {"count": 0, "shards": []})
-        entry["shards"].append({"file": sh["file"], "start": entry["count"], "count": meta["count"],
-                                "sha256": meta["sha256"], "bytes": meta["bytes"]})
-        entry["count"] += meta["count"]
-        for c, by_src in meta["counts"].items():
-            for s, n in by_src.items():
-                d = counts.setdefault(sh["split"], {}).setdefault(c, {})
-                d[s] = d.get(s, 0) + n
-                sources.add(s)
-        skipped.extend(meta["skipped"])
-    for r in manifest.rows:
-        sources.add(r.source)
+        metas.append((sh["split"], sh["file"], meta))
     if st["label_kind"] == "multiclass":
-        present = {c for split in counts.values() for c in split}
+        present = {c for _, _, m in metas for c in m["counts"]}
         empty = [c for c in st["class_names"] if c not in present]
         if empty:
             raise UserError(f"{args.raw_root}: class {empty[0]!r} has no readable images after skipping bad "
@@ -274,19 +253,15 @@ def build_index(out: Path, plan: dict, args) -> dict:
     image_size = raw_shape[:2] if raw_shape else ([st["size"], st["size"]]
                                                   if st["size"] and st["resize"] in ("shorter-crop", "stretch")
                                                   else None)
-    return {
-        "format": H.FORMAT_NAME, "schema_version": H.SCHEMA_VERSION,
-        "name": args.name or Path(args.out_dir).resolve().name, "kind": args.kind,
-        "label_kind": st["label_kind"], "class_names": st["class_names"], "encoding": st["encoding"],
-        "channels": st["channels"], "image_size": image_size, "sources": sorted(sources),
-        "num_samples": sum(s["count"] for s in splits.values()), "splits": splits, "counts": counts,
-        "skipped": skipped,
-        "made_by": {"tool": "covidnetx pack", "version": __version__, "kind": args.kind,
-                    "raw_root": str(Path(args.raw_root).resolve()),
-                    "options": {k: getattr(args, k) for k in sorted(vars(args))
-                                if k not in ("kind", "raw_root", "out_dir", "no_progress", "func")},
-                    "adapter_notes": manifest.notes},
-    }
+    made_by = {"tool": "covidnetx pack", "version": __version__, "kind": args.kind,
+               "raw_root": str(Path(args.raw_root).resolve()),
+               "options": {k: getattr(args, k) for k in sorted(vars(args))
+                           if k not in ("kind", "raw_root", "out_dir", "no_progress", "func")},
+               "adapter_notes": manifest.notes}
+    return H.make_index(name=args.name or Path(args.out_dir).resolve().name, kind=args.kind,
+                        label_kind=st["label_kind"], class_names=st["class_names"], encoding=st["encoding"],
+                        channels=st["channels"], image_size=image_size, shards=metas,
+                        sources=[r.source for r in manifest.rows], made_by=made_by)
 
 
 def clean_stale(out: Path, plan: dict) -> None:
@@ -352,7 +327,7 @@ def run(args) -> int:
             pack_shard(out, plan, sh, args.skip_bad, progress)
             written += 1
     except UserError as e:
-        error = f"rank {rank}: {e}"
+        error = f"rank {rank}: {e}" if size > 1 else str(e)
     except Exception as e:  # noqa: BLE001 - reported with its rank, then every rank exits
         error = f"rank {rank}: {type(e).__name__}: {e}\n{traceback.format_exc()}"
     if progress is not None:
@@ -379,12 +354,9 @@ def run(args) -> int:
                   f"in {dt:.2f} s ({index['num_samples'] / dt:.0f} img/s)"
                   + (f"; skipped {len(index['skipped'])} unreadable image(s), listed in index.json"
                      if index["skipped"] else ""))
-        except UserError as e:
-            print(f"covidnetx pack: error: {e}", file=sys.stderr)
-            status = 2
-        except OSError as e:                # disk full, quota, permissions at the index write
-            print(f"covidnetx pack: error: {out}: cannot write the index ({e.strerror or e}); nothing was "
-                  "published: the dataset stays incomplete until a rerun finishes", file=sys.stderr)
+        except UserError as e:              # also a failed index write (disk full, quota, permissions)
+            print(f"covidnetx pack: error: {e}; the dataset has no index until a rerun finishes",
+                  file=sys.stderr)
             status = 2
         except Exception as e:  # noqa: BLE001 - still tell the other ranks, which wait for rank 0
             print(f"covidnetx pack: error: rank 0: {type(e).__name__}: {e}\n{traceback.format_exc()}",

@@ -7,11 +7,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import h5py
-import numpy as np
-
 from covidnetx.data import hdf5 as H
-from covidnetx.utils import UserError, sha256_file
+from covidnetx.utils import UserError
 
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
@@ -26,42 +23,18 @@ def verify(root) -> tuple[list, dict, dict]:
     root = Path(root)
     index = H.load_index(root)
     problems, counts, patients = [], {}, {}
-    names = index["class_names"]
     for split, entry in index["splits"].items():
         total = 0
         for sh in entry["shards"]:
-            f = root / sh["file"]
-            if not f.is_file():
-                problems.append(f"{sh['file']}: missing")
-                continue
-            if sha256_file(f) != sh["sha256"]:
-                problems.append(f"{sh['file']}: checksum mismatch (file changed or corrupt)")
-                continue
-            with h5py.File(f, "r") as h:
-                n = h["label"].shape[0]
-                if any(h[k].shape[0] != n for k in ("image",) + H.STRING_FIELDS):
-                    problems.append(f"{sh['file']}: datasets of different lengths")
-                if n != sh["count"]:
-                    problems.append(f"{sh['file']}: holds {n} samples, index says {sh['count']}")
-                labels = h["label"][()]
-                srcs = [s.decode() if isinstance(s, bytes) else s for s in h["source"][()]]
-                pids = [s.decode() if isinstance(s, bytes) else s for s in h["patient_id"][()]]
-            total += n
-            for lab, src, pid in zip(labels, srcs, pids):
-                if index["label_kind"] == "multiclass":
-                    if not 0 <= int(lab) < len(names):
-                        problems.append(f"{sh['file']}: label {int(lab)} out of range")
-                        continue
-                    cls = [names[int(lab)]]
-                else:
-                    cls = [c for c, v in zip(names, lab) if v == 1.0]
-                for c in cls:
-                    d = counts.setdefault(split, {}).setdefault(c, {})
-                    d[src] = d.get(src, 0) + 1
-                if pid:
-                    patients.setdefault(split, set()).add(pid)
+            found, shard_counts, pids = H.check_shard(root, sh, index["label_kind"], index["class_names"])
+            problems += found
+            total += sh["count"]
+            H.merge_counts(counts.setdefault(split, {}), shard_counts)
+            if pids:
+                patients.setdefault(split, set()).update(pids)
         if not problems and total != entry["count"]:
             problems.append(f"split {split}: {total} samples, index says {entry['count']}")
+    counts = {s: c for s, c in counts.items() if c}
     if not problems and counts != index.get("counts", counts):
         problems.append("class counts differ from the index")
     splits = sorted(patients)

@@ -2,7 +2,6 @@
 launchers: mpirun -np 2 (MPI controller) and horovodrun -np 2 --gloo."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -1,5 +1,6 @@
 """Hostile-but-fair inputs: each gives one clear error naming the file, row or key, a non-zero exit, and
 leaves nothing that a later command accepts as valid. (Checkpoints that would run code: test_train.py.)"""
+import json
 import os
 import stat
 
@@ -246,3 +247,169 @@ def test_a_file_name_that_is_not_utf8(tmp_path):
     assert r.returncode == 2 and r.stderr.count("error:") == 1, r.stderr
     assert "b/img\\\\xff.png' is not UTF-8" in r.stderr, r.stderr
     assert not (tmp_path / "out" / "index.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------------
+# faults: a full disk, a read-only folder, a damaged sample, failures on one rank of several
+# ----------------------------------------------------------------------------------------------------
+def _limited(args, *, np_=1, file_kb=None, rank0_only=False, timeout=60):
+    """`covidnetx ARGS` with a file-size limit (RLIMIT_FSIZE, in KiB: a write past it fails with EFBIG,
+    as a full disk fails with ENOSPC) on every rank or on rank 0 alone; under mpirun -np np_."""
+    import subprocess
+    import sys
+    from covidnetx.launch import mpirun_cmd
+    from tests.conftest import REPO, need_mpirun
+    limit = "" if file_kb is None else f"ulimit -f {file_kb}; "
+    if rank0_only:
+        limit = f'[ "${{OMPI_COMM_WORLD_RANK:-0}}" = 0 ] && {{ {limit}}}; '
+    cmd = ["bash", "-c", limit + 'exec "$@"', "bash", sys.executable, "-m", "covidnetx.cli", *map(str, args)]
+    if np_ > 1:
+        need_mpirun()
+        cmd = mpirun_cmd(np_) + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def _one_error(r, message, most=1):
+    assert r.returncode != 0 and message in r.stderr, r.stderr
+    assert 1 <= r.stderr.count("error:") <= most, r.stderr
+
+
+@pytest.mark.parametrize("np_", [1, 2])
+def test_pack_when_the_disk_fills(tmp_path, np_):
+    """Shards are built in memory and written by one call: a full disk is one error naming the shard, no
+    shard is left half-written, and a rerun with space finishes (keeping what was complete)."""
+    raw = _raw(tmp_path, GOOD)
+    out = tmp_path / "out"
+    r = _limited(["pack", "csv", raw, out, "--no-progress", "--encoding", "raw", "--size", "64"], np_=np_, file_kb=8)
+    _one_error(r, "cannot write (File too large); nothing was replaced")
+    assert "shards/" in r.stderr and (np_ == 1 or "rank " in r.stderr)
+    assert not (out / "index.json").exists()
+    assert not [p for p in (out / "shards").iterdir() if p.name.startswith(".tmp")]
+    run_cli("pack", "csv", raw, out, "--no-progress", "--encoding", "raw", "--size", "64")
+    assert run_cli("verify", out).returncode == 0
+
+
+def test_pack_index_write_fails_on_rank_0_under_mpirun(tmp_path):
+    """Only rank 0 writes the index: a full disk there ends both ranks with one message, and the dataset
+    stays without an index (verify refuses it) until a rerun writes one."""
+    raw = _raw(tmp_path, GOOD)
+    out = tmp_path / "out"
+    run_cli("pack", "csv", raw, out, "--no-progress")
+    r = _limited(["pack", "csv", raw, out, "--no-progress"], np_=2, file_kb=0, rank0_only=True)
+    _one_error(r, "index.json: cannot write (File too large)")
+    assert "the dataset has no index until a rerun finishes" in r.stderr
+    assert not (out / "index.json").exists()
+    assert run_cli("verify", out, check=False).returncode != 0
+    r = run_cli("pack", "csv", raw, out, "--no-progress", np_=2)
+    assert "0 written, 2 kept" in r.stdout
+    assert run_cli("verify", out).returncode == 0
+
+
+@pytest.mark.parametrize("np_", [1, 2])
+def test_training_when_rank_0_cannot_write_its_checkpoint(tmp_path, np_):
+    """Only rank 0 writes checkpoints and results: a full disk there is one message naming the file and
+    the rank, every rank ends within the timeout, nothing is recorded as done, and a rerun finishes."""
+    data = tmp_path / "data"
+    run_cli("pack", "csv", _raw(tmp_path, GOOD), data, "--no-progress", "--splits", "1,0,0")
+    out = tmp_path / "runs"
+    args = pretrain_args(data, out, steps=4, extra=["data.eval_split=", "bootstrap=0", "ckpt_every=2"])
+    args += [] if np_ > 1 else ["backend=none"]
+    r = _limited(args, np_=np_, file_kb=32, rank0_only=True)
+    _one_error(r, f"{out}/pre/last.ckpt: cannot write (File too large)")
+    assert np_ == 1 or "error: rank 0: " in r.stderr
+    assert not (out / "pre" / "done.json").exists() and not (out / "results.jsonl").exists()
+    assert not (out / "pre" / "last.ckpt").exists()
+    r = _limited(args, np_=np_)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "pre" / "done.json").read_text())["steps"] == 4
+
+
+def _damage_sample(shard, j):
+    """Replace stored sample j of a png shard by bytes that are not an image (same length)."""
+    import h5py
+    with h5py.File(shard, "r+") as f:
+        n = len(f["image"][j])
+        f["image"][j] = np.frombuffer(b"\x89PNG" + b"\x00" * (n - 4), np.uint8)
+
+
+@pytest.mark.parametrize("np_, loader, workers", [(1, "torch", 2), (1, "dali", 2), (2, "torch", 0)])
+def test_a_sample_that_cannot_be_decoded(tmp_path, np_, loader, workers):
+    """With checks off (data.verify=false) a damaged sample is named by shard and index, by either loader
+    and from loader worker processes (which end with the run); under mpirun the rank that met it ends the
+    job (the other waits in a collective) within the timeout."""
+    data = tmp_path / "data"
+    run_cli("pack", "csv", _raw(tmp_path, GOOD), data, "--no-progress", "--splits", "1,0,0", "--encoding", "png")
+    shard = next((data / "shards").glob("train-*.h5"))
+    _damage_sample(shard, 3)
+    out = tmp_path / "runs"
+    args = pretrain_args(data, out, steps=3, extra=["data.eval_split=", "bootstrap=0", "data.verify=false",
+                                                    "optim.batch_size=6", f"data.loader={loader}", f"data.workers={workers}"])
+    args += [] if np_ > 1 else ["backend=none"]
+    r = _limited(args, np_=np_)
+    # (each rank may meet the sample: then each may say so before the job ends)
+    _one_error(r, f"{shard}: sample 3 of shard 0 (index 3 of {data}:train) cannot be read", most=np_)
+    assert np_ == 1 or "error: rank " in r.stderr
+    assert not (out / "pre" / "done.json").exists()
+    r = _limited(args + ["data.verify=true", "run_name=checked"], np_=np_)
+    assert r.returncode != 0 and "does not match its checksum" in r.stderr, r.stderr
+
+
+def _mount_tmpfs(path, options):
+    """A tmpfs at ``path`` (for a full or a read-only file system); skips where this process cannot mount."""
+    import subprocess
+    path.mkdir(exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"needs permission to mount a tmpfs here: {r.stderr.decode().strip()}")
+    return lambda: subprocess.run(["umount", str(path)], check=True)
+
+
+def test_pack_onto_a_file_system_that_fills(tmp_path):
+    """A real ENOSPC, at several sizes (HDF5 writing to disk itself once crashed at some of them): either
+    the pack finishes and verifies, or it is one error naming the shard, with nothing half-written."""
+    raw = _raw(tmp_path, GOOD)
+    failed = 0
+    for kb in (12, 20, 28, 36):
+        small = tmp_path / f"fs{kb}"
+        undo = _mount_tmpfs(small, f"size={kb}k")
+        try:
+            out = small / "out"
+            r = run_cli("pack", "csv", raw, out, "--no-progress", "--encoding", "raw", "--size", "48", check=False)
+            if r.returncode == 0:
+                assert run_cli("verify", out).returncode == 0
+                continue
+            failed += 1
+            _one_error(r, "cannot write (No space left on device); nothing was replaced")
+            assert r.returncode == 2 and not (out / "index.json").exists()
+            assert not [p for p in out.rglob(".tmp*")]
+        finally:
+            undo()
+    assert failed >= 1
+
+
+def _read_only_folder(path):
+    """A folder that cannot be written: a read-only tmpfs where this process may mount one (root ignores
+    file modes), else mode 0555 (a user that is not root); skips where neither makes one."""
+    if os.geteuid() != 0:
+        path.mkdir()
+        path.chmod(0o555)
+        return lambda: path.chmod(0o755)
+    return _mount_tmpfs(path, "ro,size=1m")           # root ignores file modes
+
+
+def test_a_read_only_output_folder(tmp_path):
+    ro = tmp_path / "ro"
+    undo = _read_only_folder(ro)
+    try:
+        r = run_cli("pack", "csv", _raw(tmp_path, GOOD), ro / "data", "--no-progress", check=False)
+        _one_error(r, f"output folder: cannot write in {ro / 'data'}")
+        r = run_cli("pack", "csv", _raw(tmp_path, GOOD), ro, "--no-progress", check=False)
+        _one_error(r, f"output folder: cannot write in {ro}")
+        data = tmp_path / "data"
+        run_cli("pack", "csv", _raw(tmp_path, GOOD), data, "--no-progress", "--splits", "1,0,0")
+        r = run_cli(*pretrain_args(data, ro / "runs", steps=1, extra=["backend=none", "data.eval_split="]),
+                    check=False)
+        _one_error(r, f"config key 'out_dir': cannot write in {ro / 'runs'}")
+        assert list(ro.iterdir()) == []
+    finally:
+        undo()

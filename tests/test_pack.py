@@ -1,12 +1,9 @@
-import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 from PIL import Image

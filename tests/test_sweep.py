@@ -142,7 +142,8 @@ def test_study_design_expansion_seeds_sizes_and_scratch(tmp_path):
     for name, n in (("nat", 1000), ("xr", 500)):
         d = tmp_path / name
         d.mkdir()
-        (d / "index.json").write_text(json.dumps({"splits": {"train": {"count": n}}}))
+        (d / "index.json").write_text(json.dumps({"format": "covidnetx-packed", "schema_version": 1,
+                                                  "splits": {"train": {"count": n}}}))
     p = _sweep(tmp_path, sources={"nat": {"data": [str(tmp_path / "nat")], "domain": "natural",
                                           "config": {"data": {"hflip": True}}},
                                   "xr": {"data": [str(tmp_path / "xr")], "domain": "xray"}},
@@ -176,3 +177,36 @@ def test_study_design_expansion_seeds_sizes_and_scratch(tmp_path):
         d["sizes"] = [2000]
         p.write_text(yaml.safe_dump(d))
         expand(load_sweep(str(p)))
+
+
+def test_a_non_editable_install_renders_a_slurm_sweep(tmp_path):
+    """`pip install` of a wheel (not editable) into a fresh venv ships the job-script templates and
+    configs: `covidnetx sweep --executor slurm` renders a chain from another directory, sourcing the
+    installed common.sh. (The venv borrows this environment's third-party packages through a .pth file;
+    covidnetx itself comes from the wheel alone.)"""
+    import site
+    import sys
+    wheels, venv, elsewhere = tmp_path / "wheels", tmp_path / "venv", tmp_path / "elsewhere"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(wheels), str(REPO)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    vpy = venv / "bin" / "python"
+    subprocess.run([str(vpy), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                    str(next(wheels.glob("covidnetx-*.whl")))], check=True, capture_output=True)
+    vsite = subprocess.run([str(vpy), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    (Path(vsite) / "borrowed.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    r = subprocess.run([str(vpy), "-c", "import covidnetx, covidnetx.slurm as s; print(covidnetx.__file__); "
+                        "print(s.JOBSCRIPTS)"], cwd=elsewhere, env=env, check=True, capture_output=True, text=True)
+    module, jobscripts = r.stdout.split()
+    assert module.startswith(vsite) and jobscripts == f"{vsite}/covidnetx/jobscripts", r.stdout
+    sweep = _sweep(elsewhere, out_dir=str(elsewhere / "study"), slurm={"template": "generic"})
+    r = subprocess.run([str(venv / "bin" / "covidnetx"), "sweep", str(sweep), "--executor", "slurm", "--dry-run"],
+                       cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    script = (elsewhere / "study" / "jobs" / "pretrain.sbatch").read_text()
+    assert f"source {jobscripts}/common.sh" in script and (Path(jobscripts) / "common.sh").is_file()
+    assert str(REPO) not in script
+    assert (Path(vsite) / "covidnetx" / "configs" / "pretrain_cpu.yaml").is_file()

@@ -59,20 +59,21 @@ def test_nonfinite_loss_stops_before_the_optimizer_applies_it(packed, tmp_path, 
     """The loss reaches the host without a synchronisation between forward and backward and is checked
     after the step's backward passes: a NaN in either micro-batch of step 3 (accum 2: loss calls 6, 7) is
     named as step 3, and the optimizer has stepped exactly 3 times."""
+    from covidnetx.dist import Dist
     from covidnetx.train.engine import Trainer
     calls, steps = [0], [0]
-    real_loss, real_step = Trainer._loss, Trainer._step
+    real_loss, real_step = Trainer._loss, Dist.step
 
     def loss(self, logits, y):
         out = real_loss(self, logits, y)
         calls[0] += 1
         return out * float("nan") if calls[0] == bad_call + 1 else out
 
-    def step(self):
+    def step(self, *args, **kw):
         steps[0] += 1
-        return real_step(self)
+        return real_step(self, *args, **kw)
     monkeypatch.setattr(Trainer, "_loss", loss)
-    monkeypatch.setattr(Trainer, "_step", step)
+    monkeypatch.setattr(Dist, "step", step)
     code = main(pretrain_args(packed / "nat", tmp_path, steps=10, extra=["backend=none", "optim.accum_steps=2",
                                                                           "optim.batch_size=8"]))
     assert code == 3 and steps[0] == 3 and calls[0] == 8     # both micro-batches of step 3 ran, none of step 4

@@ -208,8 +208,8 @@ def _crop_resize(img: np.ndarray, y0: int, x0: int, ch: int, cw: int, h: int, w:
     -> HWC uint8.
 
     Where neither axis shrinks, antialiasing is a no-op and the result is plain bilinear interpolation;
-    OpenCV's fixed-point kernel computes it 6x faster than torch's uint8 path for gray (at most 1 level
-    apart: rounding). Any shrinking axis takes torch's antialiased kernel, the reference."""
+    OpenCV's fixed-point kernel computes it faster than torch's uint8 path (at most 1 level apart:
+    rounding). Any shrinking axis takes torch's antialiased kernel, the reference."""
     region = img[y0:y0 + ch, x0:x0 + cw]
     if (ch, cw) == (h, w):
         return region
@@ -226,8 +226,8 @@ def _rotate_u8(a: np.ndarray, degrees: float) -> np.ndarray:
     """Rotate HWC uint8 counter-clockwise about the centre, bilinear, zeros outside, rounded to uint8.
 
     Output pixel (x, y), as an offset from the centre ((w-1)/2, (h-1)/2) in pixels, samples the input at
-    R(-angle)(x, y). OpenCV's warpAffine does it in fixed point (3-4x faster than torch's grid_sample on
-    floats, which is the fallback); the two agree to a level."""
+    R(-angle)(x, y). OpenCV's warpAffine does it in fixed point (faster than torch's grid_sample on floats,
+    which is the fallback); the two agree to a level."""
     h, w = a.shape[:2]
     r = math.radians(degrees)
     c, s = math.cos(r), math.sin(r)
@@ -280,7 +280,7 @@ def normalize(x: torch.Tensor, pp: Preprocess, device: Optional[torch.device] = 
 
     Gray input is repeated to 3 channels (when the model wants RGB, pp.channels == 3) if ``expand``; by
     default only on GPUs, where the copy is free and cuDNN's 3-channel stem kernels beat the 1-channel
-    ones (ResNet-50 bf16 on an H100: 3,964 vs 3,514 img/s). On CPUs gray stays 1 channel and the stem sums
+    ones (docs/performance.md). On CPUs gray stays 1 channel and the stem sums
     its weights instead (models.layers.GrayConv2d): a third of the stem's work and no 3x copy. On a GPU
     the batch comes out channels-last (NHWC)."""
     if device is not None:
@@ -297,8 +297,8 @@ def normalize(x: torch.Tensor, pp: Preprocess, device: Optional[torch.device] = 
             ms = (torch.tensor(shift, device=x.device).view(1, c, 1, 1),
                   torch.tensor(inv, device=x.device).view(1, c, 1, 1))
         _NORM[key] = ms
-    # (x - mean) / std as x * (1/std) + (-mean/std), in place on the float copy: on a CPU this is twice as
-    # fast as one broadcasting addcmul from uint8 (3.8 vs 1.7 ms for 32 x 224^2 gray)
+    # (x - mean) / std as x * (1/std) + (-mean/std), in place on the float copy: on a CPU faster than one
+    # broadcasting addcmul from uint8
     x = x.to(torch.float32).mul_(ms[1]).add_(ms[0])
     if expand is None:
         expand = x.device.type == "cuda"
@@ -357,8 +357,22 @@ def _collate(batch):
 
 
 def _as_tensors(batches: Iterator[dict]) -> Iterator[dict]:
-    for b in batches:
-        yield {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in b.items()}
+    """Batches as tensors. However the iteration ends (the last batch, an error in a worker re-raised
+    here, close() by the consumer), the worker processes are ended now: left to the interpreter's exit,
+    multiprocessing would wait for workers that outlive SIGTERM by design (``worker_signals``)."""
+    try:
+        for b in batches:
+            yield {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in b.items()}
+    except UserError as e:
+        # a worker's UserError comes back wrapped in its traceback: keep the message the user needs
+        last = str(e).rstrip().splitlines()[-1] if str(e).strip() else ""
+        if "UserError: " in last:
+            raise UserError(last.split("UserError: ", 1)[1]) from None
+        raise
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def torch_loader(view, pp: Preprocess, batch: int, seed: int, rank: int, size: int, workers: int = 0,
@@ -552,11 +566,32 @@ def dali_loader(view, pp: Preprocess, batch: int, seed: int, rank: int, size: in
     tdev = torch_device or torch.device("cpu")
 
     def gen():
-        for _ in range(n_batches):
-            img, label, valid, index = pipe.run()
+        for it in range(n_batches):
+            try:
+                img, label, valid, index = pipe.run()
+            except Exception as e:  # noqa: BLE001 - DALI raises RuntimeError/its own kinds; name the sample
+                raise dali_failure(view, src, it, e) from None
             yield {"image": _to_torch(img, tdev), "label": _to_torch(label, torch.device("cpu")),
                    "valid": _to_torch(valid, torch.device("cpu")), "index": _to_torch(index, torch.device("cpu"))}
     return gen()
+
+
+def dali_failure(view, source: DaliBatchSource, iteration: int, error: Exception) -> UserError:
+    """DALI's error on batch ``iteration`` as one UserError naming the sample: the batch's samples are
+    read and decoded again on the host, and the first that fails is named by shard and index (DALI's own
+    message names neither); otherwise DALI's first line, with the batch's index range."""
+    idx: list = []
+    try:
+        idx = [int(i) for i in source(iteration)[3]]
+        for i in idx:
+            view.read_image(i)
+    except UserError as e:
+        return e
+    except Exception:  # noqa: BLE001 - the re-check is best effort; DALI's message follows
+        pass
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    where = f" (samples {min(idx)}..{max(idx)})" if idx else ""
+    return UserError(f"the DALI loader failed on batch {iteration}{where}: {first}")
 
 
 def make_loader(kind: str, *args, **kw) -> Iterator[dict]:

@@ -107,21 +107,6 @@ def flops_per_sample(model: nn.Module, image_size: int, channels: int = 3) -> in
     return int(total[0])
 
 
-def read_checkpoint(path, what: str = "checkpoint"):
-    """The one place covidnetx reads a checkpoint file: ``torch.load`` with ``weights_only=True`` (tensors,
-    numbers, strings and containers; a pickle that would build any other object or call a function is
-    refused before it runs). A missing or unreadable file is a UserError naming it."""
-    import os
-    if not os.path.isfile(path):
-        raise UserError(f"{what} {str(path)!r} not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure to read is the same user-facing error
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"{what} {str(path)!r} is not readable as a weights-only checkpoint "
-                        f"({type(e).__name__}: {first})") from None
-
-
 def load_state(model, state, path, strict: bool = True):
     """``model.load_state_dict`` whose failures (another architecture: missing keys, other shapes) are a
     UserError naming the file and the model."""
@@ -139,7 +124,8 @@ def load_state(model, state, path, strict: bool = True):
 def load_weights(model: TransferModel, path: str, drop_head: bool = True) -> dict:
     """Load a covidnetx checkpoint or a plain state dict from a local file. With ``drop_head`` the
     classifier is not loaded (transfer to a new label space). Returns the checkpoint's metadata."""
-    ck = read_checkpoint(path, "weights file")
+    from covidnetx.record import load_checkpoint
+    ck = load_checkpoint(path, "weights file")
     if not isinstance(ck, dict):
         raise UserError(f"weights file {path!r} holds a {type(ck).__name__}, not a state dict")
     state = ck.get("model", ck) if isinstance(ck, dict) else ck

@@ -14,7 +14,6 @@ EXIT_REQUEUE so the job script can requeue.
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import os
 import signal
@@ -30,15 +29,13 @@ from covidnetx import config as C
 from covidnetx.data.loader import Preprocess, make_loader, normalize
 from covidnetx.dist import to_device
 from covidnetx.eval.metrics import all_metrics, bootstrap_ci, confusion, from_confusion
-from covidnetx.models import count_params, create_model, flops_per_sample, load_state, load_weights, read_checkpoint
+from covidnetx.models import count_params, create_model, flops_per_sample, load_state, load_weights
 from covidnetx.results import append_row
 from covidnetx.train.schedule import bit_hyperrule, lr_at
-from covidnetx.utils import UserError, atomic_write_bytes, atomic_write_json
+from covidnetx.record import RunDir
+from covidnetx.utils import UserError
 
 EXIT_REQUEUE = 75           # EX_TEMPFAIL: "saved, run me again"
-CKPT = "last.ckpt"
-DONE = "done.json"
-PROGRESS = "progress.json"
 
 
 class Interrupted(Exception):
@@ -83,12 +80,6 @@ def git_sha() -> str:
                               cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or "unknown"
     except Exception:
         return "unknown"
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def masked_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -196,6 +187,7 @@ class Trainer:
         self.cfg, self.dist, self.train_view, self.eval_view = cfg, dist, train_view, eval_view
         self.val_view = val_view            # evaluations during the run (the eval split is scored at the end)
         self.run_dir, self.meta = Path(run_dir), dict(meta)
+        self.record = RunDir(run_dir)
         self.multilabel = train_view.label_kind == "multilabel"
         self.class_names = list(train_view.class_names)
         loss = cfg.loss if cfg.loss != "auto" else ("bce" if self.multilabel else "ce")
@@ -223,47 +215,40 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------
     def _build(self):
         cfg, dist = self.cfg, self.dist
-        torch.manual_seed(cfg.seed)
-        model = create_model(cfg.model.name, len(self.class_names))
-        self.flops_fwd = flops_per_sample(model, cfg.data.image_size)
-        start, state, how = 0, None, "scratch"
-        own = self.run_dir / CKPT
-        if own.is_file():
-            state, how = read_checkpoint(own, "the run's own checkpoint"), f"resumed from {own}"
-        elif cfg.resume:
-            state, how = read_checkpoint(cfg.resume, "config key 'resume': checkpoint"), f"resumed from {cfg.resume}"
-        elif cfg.model.init_from:
-            ck = load_weights(model, cfg.model.init_from, drop_head=cfg.model.drop_head)
-            how = f"initialised from {cfg.model.init_from} (head {'dropped' if cfg.model.drop_head else 'kept'})"
-            self.meta.setdefault("init_meta", ck.get("meta", {}))
-        if state is not None:
-            lacks = [k for k in ("model", "step", "class_names") if not isinstance(state, dict) or k not in state]
-            if lacks:
-                raise UserError(f"{how.replace('resumed from ', '')}: not a covidnetx training checkpoint "
-                                f"(lacks {', '.join(lacks)}); model.init_from takes plain weights")
-            if state["class_names"] != self.class_names:
-                raise UserError(f"checkpoint classes {state['class_names']} differ from the task's {self.class_names}")
-            load_state(model, state.get("model"), how.replace("resumed from ", ""))
-            start = int(state["step"])
-        model.to(self.device)
-        if cfg.regime == "linear" and cfg.task == "transfer":
-            model.freeze_backbone()
-        params = [p for p in model.parameters() if p.requires_grad]
-        o = cfg.optim
-        if o.name == "sgd":
-            opt = torch.optim.SGD(params, lr=self.base_lr, momentum=o.momentum, weight_decay=o.weight_decay)
-        else:
-            opt = torch.optim.AdamW(params, lr=self.base_lr, weight_decay=o.weight_decay)
-        if state is not None and state.get("optimizer"):
-            opt.load_state_dict(state["optimizer"])
+        with dist.phase():          # every rank reads the checkpoints; any failure stops all of them
+            torch.manual_seed(cfg.seed)
+            model = create_model(cfg.model.name, len(self.class_names))
+            self.flops_fwd = flops_per_sample(model, cfg.data.image_size)
+            start, state, how = 0, None, "scratch"
+            state, how = self.record.resume_from(cfg.resume)
+            if state is None and cfg.model.init_from:
+                ck = load_weights(model, cfg.model.init_from, drop_head=cfg.model.drop_head)
+                how = f"initialised from {cfg.model.init_from} (head {'dropped' if cfg.model.drop_head else 'kept'})"
+                self.meta.setdefault("init_meta", ck.get("meta", {}))
+            if state is not None:
+                if state["class_names"] != self.class_names:
+                    raise UserError(f"checkpoint classes {state['class_names']} differ from the task's {self.class_names}")
+                load_state(model, state.get("model"), how.replace("resumed from ", ""))
+                start = int(state["step"])
+            model.to(self.device)
+            if cfg.regime == "linear" and cfg.task == "transfer":
+                model.freeze_backbone()
+            params = [p for p in model.parameters() if p.requires_grad]
+            o = cfg.optim
+            if o.name == "sgd":
+                opt = torch.optim.SGD(params, lr=self.base_lr, momentum=o.momentum, weight_decay=o.weight_decay)
+            else:
+                opt = torch.optim.AdamW(params, lr=self.base_lr, weight_decay=o.weight_decay)
+            if state is not None and state.get("optimizer"):
+                opt.load_state_dict(state["optimizer"])
+            if cfg.precision == "fp16" and self.device.type != "cuda":
+                raise UserError("precision fp16 needs a GPU; use bf16 on CPU")
         # Horovod: broadcast parameters and optimizer state from rank 0
         dist.broadcast_state(model, opt)
         # Horovod: wrap the optimizer (named_parameters, compression, backward_passes_per_step; keeps the state)
         opt = dist.wrap_optimizer(opt, model, o.accum_steps, cfg.fp16_allreduce)
         self.scaler = None
         if cfg.precision == "fp16":
-            if self.device.type != "cuda":
-                raise UserError("precision fp16 needs a GPU; use bf16 on CPU")
             self.scaler = torch.amp.GradScaler("cuda")
             if state is not None and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
@@ -291,15 +276,13 @@ class Trainer:
         return self.dist.allreduce_sum_async(np.array([1.0 if STOP.requested else 0.0]))
 
     def save(self, step: int, samples_seen: int) -> None:
-        if self.dist.is_primary:
-            state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "step": step,
-                     "samples_seen": samples_seen, "class_names": self.class_names, "config": C.dump(self.cfg),
-                     "scaler": self.scaler.state_dict() if self.scaler else None, "meta": self.meta_for_ckpt(step, samples_seen)}
-            atomic_torch_save(state, self.run_dir / CKPT)
-            # a few bytes beside the checkpoint, so progress can be read without loading it
-            atomic_write_json(self.run_dir / PROGRESS, {"step": step, "total_steps": self.steps,
-                                                        "samples_seen": samples_seen, "time": time.time()})
-        self.dist.barrier()
+        with self.dist.phase():                 # a failed write (disk full) ends every rank with its message
+            if self.dist.is_primary:
+                state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "step": step,
+                         "samples_seen": samples_seen, "class_names": self.class_names, "config": C.dump(self.cfg),
+                         "scaler": self.scaler.state_dict() if self.scaler else None,
+                         "meta": self.meta_for_ckpt(step, samples_seen)}
+                self.record.save(state, step=step, total_steps=self.steps, samples_seen=samples_seen)
 
     def meta_for_ckpt(self, step, samples_seen) -> dict:
         return {"model": self.cfg.model.name, "params": count_params(self.model), "seed": self.cfg.seed,
@@ -339,15 +322,16 @@ class Trainer:
 
     def _fit(self) -> dict:
         cfg, dist = self.cfg, self.dist
-        if dist.is_primary:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.run_dir / "config.yaml", C.dump(cfg).encode())
-        dist.barrier()
+        with dist.phase():
+            if dist.is_primary:
+                self.record.write_config(C.dump(cfg))
         self._build()
         writer = None
+        with dist.phase():
+            if dist.is_primary:
+                from torch.utils.tensorboard import SummaryWriter
+                writer = SummaryWriter(str(self.record.tb), purge_step=self.start_step or None)
         if dist.is_primary:
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.start_step or None)
             print(f"[{self.run_dir.name}] {self.how}; {len(self.train_view)} train samples, {self.steps} steps, "
                   f"global batch {self.global_batch}, lr {self.base_lr:.4g}"
                   f"{f', mixup {self.mixup:g}' if self.mixup > 0 else ''}, {dist.size} rank(s), "
@@ -355,6 +339,7 @@ class Trainer:
         results = cfg.results or str(Path(cfg.out_dir) / "results.jsonl")
         metrics: dict = {}
         sync_debug = ""
+        loader = None
         try:
             step = self.start_step
             samples = self.samples_before
@@ -434,7 +419,7 @@ class Trainer:
                     if not np.isfinite(v):
                         raise FloatingPointError(f"non-finite loss ({v}) at step {step}, rank {dist.rank}")
                 loss_sum = sum(losses)
-                self._step()
+                dist.step(self.model, self.opt, self.scaler, cfg.optim.grad_clip)
                 t_comp += time.perf_counter() - t_step - (t_data - data_before)
                 step += 1
                 samples += self.global_batch
@@ -450,8 +435,9 @@ class Trainer:
                     self.save(step, samples)
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < self.steps:
                     m = self.evaluate(step, final=False)
-                    if dist.is_primary:
-                        self._log_eval(writer, m, step, results, samples, 0.0, final=False)
+                    with dist.phase():
+                        if dist.is_primary:
+                            self._log_eval(writer, m, step, results, samples, 0.0, final=False)
             if stop_sum is not None:
                 stop_sum()             # a signal during the last step: the run is complete anyway
             elapsed = time.perf_counter() - t_last
@@ -459,18 +445,20 @@ class Trainer:
             self.save(step, samples)
             metrics = self.evaluate(step)
             metrics["ranks_in_sync"] = self.ranks_in_sync()
-            if dist.is_primary:
-                row = self._log_eval(writer, metrics, step, results, samples, img_per_s, final=True)
-                atomic_write_json(self.run_dir / DONE, row)
-                print(f"[{self.run_dir.name}] done at step {step}: " + ", ".join(
-                    f"{k} {metrics[k]:.4f}" for k in ("accuracy", "balanced_accuracy", "auc")
-                    if isinstance(metrics.get(k), float)) + f"; {img_per_s:.1f} img/s", flush=True)
-            dist.barrier()
+            with dist.phase():
+                if dist.is_primary:
+                    row = self._log_eval(writer, metrics, step, results, samples, img_per_s, final=True)
+                    self.record.finish(row)
+                    print(f"[{self.run_dir.name}] done at step {step}: " + ", ".join(
+                        f"{k} {metrics[k]:.4f}" for k in ("accuracy", "balanced_accuracy", "auc")
+                        if isinstance(metrics.get(k), float)) + f"; {img_per_s:.1f} img/s", flush=True)
         finally:
             if sync_debug:
                 torch.cuda.set_sync_debug_mode(0)
             if writer is not None:
                 writer.close()
+            if hasattr(loader, "close"):
+                loader.close()             # its worker processes end now, also after an error
         return metrics
 
     def ranks_in_sync(self) -> bool:
@@ -482,34 +470,6 @@ class Trainer:
             sums = np.array([[flat.sum().item(), (flat * flat).sum().item(), (flat * w).sum().item()]])
         allv = self.dist.allgather(sums)
         return bool(np.all(allv == allv[0]))
-
-    def _step(self):
-        clip = self.cfg.optim.grad_clip
-        self.dist.sync_grads(self.model)
-        if self.scaler is not None:
-            # Horovod + AMP: synchronize, unscale, then step without a second synchronize
-            if hasattr(self.opt, "synchronize"):
-                self.opt.synchronize()
-            self.scaler.unscale_(self.opt)
-            if clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            ctx = self.opt.skip_synchronize() if hasattr(self.opt, "skip_synchronize") else contextlib.nullcontext()
-            with ctx:
-                self.scaler.step(self.opt)
-            self.scaler.update()
-        else:
-            if clip:
-                if hasattr(self.opt, "synchronize"):
-                    self.opt.synchronize()
-                    nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-                    with self.opt.skip_synchronize():
-                        self.opt.step()
-                else:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-                    self.opt.step()
-            else:
-                self.opt.step()
-        self.opt.zero_grad()
 
     def _log_eval(self, writer, m, step, results, samples, img_per_s, final) -> dict:
         for k, v in m.items():

@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
 from covidnetx import config as C
-from covidnetx.utils import UserError, atomic_write_json, run_main
+from covidnetx.utils import AgreedError, UserError, atomic_write_json, run_main
 
 SUMMARY = ("n", "accuracy", "balanced_accuracy", "auc", "ap")
 
@@ -31,8 +32,8 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
 
 
 def _load_checkpoint(path: str) -> dict:
-    from covidnetx.models import read_checkpoint
-    ck = read_checkpoint(path)
+    from covidnetx.record import load_checkpoint
+    ck = load_checkpoint(path)
     missing = [k for k in ("model", "config", "class_names") if not isinstance(ck, dict) or k not in ck]
     if missing:
         raise UserError(f"checkpoint {path!r} is not a covidnetx checkpoint (lacks {', '.join(missing)})")
@@ -42,6 +43,7 @@ def _load_checkpoint(path: str) -> dict:
 def run(args) -> int:
     import yaml
     from covidnetx import dist as D
+    from covidnetx.dist import fail_alone
     from covidnetx.data.compose import Mixture
     from covidnetx.data.loader import Preprocess
     from covidnetx.models import create_model, load_state
@@ -62,22 +64,34 @@ def run(args) -> int:
     set_threads(cfg)
     dist = D.init(cfg.backend, "cuda" if cfg.data.device == "gpu" else "auto")
     try:
-        model = create_model(cfg.model.name, len(ck["class_names"]))
-        load_state(model, ck["model"], args.checkpoint)
-        model.to(dist.device)
-        pp = Preprocess.from_config(cfg.data, augment=False)
+        with dist.phase():
+            model = create_model(cfg.model.name, len(ck["class_names"]))
+            load_state(model, ck["model"], args.checkpoint)
+            model.to(dist.device)
+            pp = Preprocess.from_config(cfg.data, augment=False)
         metrics = evaluate_model(model, view, cfg, dist, pp)
+        with dist.phase():
+            if dist.is_primary:
+                out = {"checkpoint": str(Path(args.checkpoint).resolve()), "step": ck.get("step"),
+                       "model": cfg.model.name, "sources": list(cfg.data.sources), "split": cfg.data.eval_split,
+                       "world_size": dist.size, **metrics}
+                out = json_safe(out)          # undefined metrics (a class never predicted: PPV) are null
+                if args.out:
+                    atomic_write_json(args.out, out)
+                print(json.dumps(out, sort_keys=True, allow_nan=False))
+                print("covidnetx evaluate: " + ", ".join(f"{k} {metrics[k]:.4f}" if isinstance(metrics.get(k), float)
+                                                         else f"{k} {metrics.get(k)}" for k in SUMMARY),
+                      file=sys.stderr)
+    except AgreedError as e:
         if dist.is_primary:
-            out = {"checkpoint": str(Path(args.checkpoint).resolve()), "step": ck.get("step"),
-                   "model": cfg.model.name, "sources": list(cfg.data.sources), "split": cfg.data.eval_split,
-                   "world_size": dist.size, **metrics}
-            out = json_safe(out)          # undefined metrics (a class never predicted: PPV) are null
-            if args.out:
-                atomic_write_json(args.out, out)
-            print(json.dumps(out, sort_keys=True, allow_nan=False))
-            print("covidnetx evaluate: " + ", ".join(f"{k} {metrics[k]:.4f}" if isinstance(metrics.get(k), float)
-                                                     else f"{k} {metrics.get(k)}" for k in SUMMARY),
-                  file=sys.stderr)
+            print(f"covidnetx evaluate: error: {e}", file=sys.stderr)
+        return 2
+    except UserError as e:
+        return fail_alone(dist, "evaluate", str(e), 2)
+    except Exception as e:  # noqa: BLE001 - on one rank alone the others would wait in a collective
+        if dist.size == 1:
+            raise
+        return fail_alone(dist, "evaluate", f"{type(e).__name__}: {e}\n{traceback.format_exc()}", 1)
     finally:
         dist.shutdown()
     return 0

@@ -35,7 +35,7 @@ import torch
 
 from covidnetx import config as C
 from covidnetx.data.compose import Mixture
-from covidnetx.data.hdf5 import PackedDataset
+from covidnetx.data.hdf5 import PackedDataset, index_path
 from covidnetx.data.loader import Preprocess, make_loader, normalize
 from covidnetx.eval.metrics import all_metrics, bootstrap_ci
 from covidnetx.models import count_params, create_model, flops_per_sample, load_state, load_weights
@@ -63,7 +63,7 @@ def checkpoint_id(cfg: C.Config) -> str:
 
 
 def data_id(dirs, split: str, cfg: C.Config, extra="") -> str:
-    idx = [_file_sha(str(Path(d) / "index.json")) for d in dirs]
+    idx = [_file_sha(str(index_path(d))) for d in dirs]
     pp = Preprocess.from_config(cfg.data, augment=False)
     return json.dumps([idx, split, cfg.data.label_space, cfg.data.rename, pp.image_size, pp.eval_resize,
                        list(pp.mean), list(pp.std), extra], sort_keys=True)
@@ -143,11 +143,12 @@ def cached_features(cfg: C.Config, dist, model_fn, view, ident: str) -> tuple:
         with np.load(path, allow_pickle=False) as z:
             return z["features"], z["labels"], 0.0
     f, y, secs = extract(model_fn(), view, cfg, dist)
-    if dist.is_primary:
-        import io
-        buf = io.BytesIO()
-        np.savez(buf, features=f, labels=y, n=np.int64(len(view)), ident=np.array(ident))
-        atomic_write_bytes(path, buf.getvalue())
+    with dist.phase():
+        if dist.is_primary:
+            import io
+            buf = io.BytesIO()
+            np.savez(buf, features=f, labels=y, n=np.int64(len(view)), ident=np.array(ident))
+            atomic_write_bytes(path, buf.getvalue())
     return f, y, secs
 
 
@@ -212,8 +213,9 @@ def transfer_measures(cfg: C.Config, dist, pool: Mixture, init_meta: dict) -> di
         if dist.is_primary:
             out["align_norm"] = frechet_normalised(fs, ft)
             out["align_ref"] = frechet(rs, rt)
-    if dist.is_primary:
-        atomic_write_json(path, out)
+    with dist.phase():
+        if dist.is_primary:
+            atomic_write_json(path, out)
     return dist.broadcast_object(out if dist.is_primary else None)
 
 
@@ -248,18 +250,20 @@ def run_probe(cfg: C.Config, dist, train: Mixture, ev: Mixture, val, run_dir: Pa
     """A linear (or few-shot linear) probe run: features -> L2 strength on val -> test once -> row."""
     from covidnetx.eval.metrics import confusion, from_confusion
     from covidnetx.results import append_row
-    from covidnetx.train.engine import CKPT, DONE, atomic_torch_save, result_row
-    if train.label_kind != "multiclass":
-        raise UserError("the linear probe needs a multi-class target (multi-label: regime=full)")
-    if ev is None:
-        raise UserError("config key 'data.eval_split': a probe needs a split to score")
-    if val is None:
-        raise UserError(f"config key 'data.val_split': the linear probe chooses its L2 strength on a val split "
-                        f"other than the scored one; {cfg.data.val_split!r} is missing from {cfg.data.sources} "
-                        f"or is data.eval_split")
-    if dist.is_primary:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(run_dir / "config.yaml", C.dump(cfg).encode())
+    from covidnetx.record import PROBE_HEAD, PROBE_TRIALS, RunDir, save_checkpoint
+    from covidnetx.train.engine import result_row
+    record = RunDir(run_dir)
+    with dist.phase():
+        if train.label_kind != "multiclass":
+            raise UserError("the linear probe needs a multi-class target (multi-label: regime=full)")
+        if ev is None:
+            raise UserError("config key 'data.eval_split': a probe needs a split to score")
+        if val is None:
+            raise UserError(f"config key 'data.val_split': the linear probe chooses its L2 strength on a val "
+                            f"split other than the scored one; {cfg.data.val_split!r} is missing from "
+                            f"{cfg.data.sources} or is data.eval_split")
+        if dist.is_primary:
+            record.write_config(C.dump(cfg))
     k = len(train.class_names)
     names = list(train.class_names)
     ck = checkpoint_id(cfg)
@@ -274,36 +278,37 @@ def run_probe(cfg: C.Config, dist, train: Mixture, ev: Mixture, val, run_dir: Pa
         secs += s
     measures = meta.get("measures") or {}
     result = None
-    if dist.is_primary:
-        fp, yp = sets["train"]
-        mu = fp.mean(0)
-        sd = fp.std(0)
-        sd = np.where(sd > 1e-8 * max(1.0, float(sd.max(initial=0.0))), sd, 1.0)
-        idx = np.arange(len(yp)) if subset is None else np.asarray(subset)
-        xt, yt = (fp[idx] - mu) / sd, yp[idx]
-        xv, yv = (sets["val"][0] - mu) / sd, sets["val"][1]
-        trials = []
-        for c in cfg.probe_c:
-            W, b, conv, iters = _fit_logreg(xt, yt, c, k)
-            pv = _softmax(xv @ W.T + b)
-            ba = from_confusion(confusion(yv, pv.argmax(1), k), names)["balanced_accuracy"]
-            ll = float(-np.mean(np.log(np.maximum(pv[np.arange(len(yv)), yv], 1e-12)))) if len(yv) else float("nan")
-            trials.append({"C": c, "val_balanced_accuracy": ba, "val_log_loss": ll, "converged": conv,
-                           "iterations": iters, "W": W, "b": b})
-        best = sorted(trials, key=lambda t: (-np.nan_to_num(t["val_balanced_accuracy"], nan=-1.0),
-                                             np.nan_to_num(t["val_log_loss"], nan=np.inf), t["C"]))[0]
-        # standardisation folded into the head: logits = W (f - mu) / sd + b = (W / sd) f + (b - W mu / sd)
-        Wf = best["W"] / sd[None, :]
-        bf = best["b"] - Wf @ mu
-        fe, ye = sets["test"]
-        scores = _softmax(fe.astype(np.float64) @ Wf.T + bf)
-        m = all_metrics(ye, scores, names, False)
-        m.update(bootstrap_ci(ye, scores, names, False, cfg.bootstrap, cfg.seed))
-        m.update({"probe_c": best["C"], "probe_val_balanced_accuracy": best["val_balanced_accuracy"],
-                  "probe_converged": bool(best["converged"]), "probe_iterations": best["iterations"],
-                  "probe_c_at_edge": best["C"] in (min(cfg.probe_c), max(cfg.probe_c)) and len(cfg.probe_c) > 1})
-        result = {"metrics": m, "W": Wf.astype(np.float32), "b": bf.astype(np.float32),
-                  "trials": [{k2: v for k2, v in t.items() if k2 not in ("W", "b")} for t in trials]}
+    with dist.phase():
+        if dist.is_primary:
+            fp, yp = sets["train"]
+            mu = fp.mean(0)
+            sd = fp.std(0)
+            sd = np.where(sd > 1e-8 * max(1.0, float(sd.max(initial=0.0))), sd, 1.0)
+            idx = np.arange(len(yp)) if subset is None else np.asarray(subset)
+            xt, yt = (fp[idx] - mu) / sd, yp[idx]
+            xv, yv = (sets["val"][0] - mu) / sd, sets["val"][1]
+            trials = []
+            for c in cfg.probe_c:
+                W, b, conv, iters = _fit_logreg(xt, yt, c, k)
+                pv = _softmax(xv @ W.T + b)
+                ba = from_confusion(confusion(yv, pv.argmax(1), k), names)["balanced_accuracy"]
+                ll = float(-np.mean(np.log(np.maximum(pv[np.arange(len(yv)), yv], 1e-12)))) if len(yv) else float("nan")
+                trials.append({"C": c, "val_balanced_accuracy": ba, "val_log_loss": ll, "converged": conv,
+                               "iterations": iters, "W": W, "b": b})
+            best = sorted(trials, key=lambda t: (-np.nan_to_num(t["val_balanced_accuracy"], nan=-1.0),
+                                                 np.nan_to_num(t["val_log_loss"], nan=np.inf), t["C"]))[0]
+            # standardisation folded into the head: logits = W (f - mu) / sd + b = (W / sd) f + (b - W mu / sd)
+            Wf = best["W"] / sd[None, :]
+            bf = best["b"] - Wf @ mu
+            fe, ye = sets["test"]
+            scores = _softmax(fe.astype(np.float64) @ Wf.T + bf)
+            m = all_metrics(ye, scores, names, False)
+            m.update(bootstrap_ci(ye, scores, names, False, cfg.bootstrap, cfg.seed))
+            m.update({"probe_c": best["C"], "probe_val_balanced_accuracy": best["val_balanced_accuracy"],
+                      "probe_converged": bool(best["converged"]), "probe_iterations": best["iterations"],
+                      "probe_c_at_edge": best["C"] in (min(cfg.probe_c), max(cfg.probe_c)) and len(cfg.probe_c) > 1})
+            result = {"metrics": m, "W": Wf.astype(np.float32), "b": bf.astype(np.float32),
+                      "trials": [{k2: v for k2, v in t.items() if k2 not in ("W", "b")} for t in trials]}
     result = dist.broadcast_object(result)
     m = result["metrics"]
     if m.get("n") != len(ev):
@@ -317,36 +322,36 @@ def run_probe(cfg: C.Config, dist, train: Mixture, ev: Mixture, val, run_dir: Pa
                      steps=int(m["probe_iterations"]), total_steps=int(m["probe_iterations"]), samples_seen=n_train,
                      global_batch=n_train, flops=flops_fwd * n_feat if secs else 0.0, flops_fwd=flops_fwd,
                      img_per_s=n_feat / secs if secs else 0.0, mixup=0.0, final=True)
-    if dist.is_primary:
-        head = {"weight": result["W"], "bias": result["b"], "C": np.float64(m["probe_c"]),
-                "classes": np.array(names), "checkpoint": np.array(ck)}
-        import io
-        buf = io.BytesIO()
-        np.savez(buf, **head)
-        atomic_write_bytes(run_dir / "head.npz", buf.getvalue())
-        atomic_write_json(run_dir / "probe.json", {"trials": result["trials"], "chosen_c": m["probe_c"],
-                                                   "seconds": time.perf_counter() - t0, "measures": measures})
-        if cfg.regime == "linear":
-            with torch.no_grad():
-                model.head.weight.copy_(torch.as_tensor(result["W"]))
-                model.head.bias.copy_(torch.as_tensor(result["b"]))
-            meta_ck = {"model": cfg.model.name, "params": count_params(model), "seed": cfg.seed, "steps": 0,
-                       "probe_of": ck, "classes": names}
-            atomic_torch_save({"model": model.state_dict(), "optimizer": None, "step": 0, "samples_seen": 0,
-                               "class_names": names, "config": C.dump(cfg), "scaler": None, "meta": meta_ck},
-                              run_dir / CKPT)
-        from torch.utils.tensorboard import SummaryWriter
-        with SummaryWriter(str(run_dir / "tb")) as w:
-            for i, t in enumerate(result["trials"]):
-                w.add_scalar("probe/val_balanced_accuracy", t["val_balanced_accuracy"], i)
-            for key in ("accuracy", "balanced_accuracy", "auc"):
-                if isinstance(m.get(key), float):
-                    w.add_scalar(f"eval/{key}", m[key], 0)
-        results = cfg.results or str(Path(cfg.out_dir) / "results.jsonl")
-        append_row(results, row)
-        atomic_write_json(run_dir / DONE, row)
-        print(f"[{cfg.run_name}] probe{' (k=%s)' % meta.get('shots') if meta.get('shots') else ''}: C={m['probe_c']:g} "
-              f"(val balanced accuracy {m['probe_val_balanced_accuracy']:.3f}); test accuracy {m['accuracy']:.4f}, "
-              f"balanced {m['balanced_accuracy']:.4f}" + (" [collapsed]" if m.get("collapsed") else ""), flush=True)
-    dist.barrier()
+    with dist.phase():
+        if dist.is_primary:
+            head = {"weight": result["W"], "bias": result["b"], "C": np.float64(m["probe_c"]),
+                    "classes": np.array(names), "checkpoint": np.array(ck)}
+            import io
+            buf = io.BytesIO()
+            np.savez(buf, **head)
+            atomic_write_bytes(record / PROBE_HEAD, buf.getvalue())
+            atomic_write_json(record / PROBE_TRIALS, {"trials": result["trials"], "chosen_c": m["probe_c"],
+                                                       "seconds": time.perf_counter() - t0, "measures": measures})
+            if cfg.regime == "linear":
+                with torch.no_grad():
+                    model.head.weight.copy_(torch.as_tensor(result["W"]))
+                    model.head.bias.copy_(torch.as_tensor(result["b"]))
+                meta_ck = {"model": cfg.model.name, "params": count_params(model), "seed": cfg.seed, "steps": 0,
+                           "probe_of": ck, "classes": names}
+                save_checkpoint({"model": model.state_dict(), "optimizer": None, "step": 0, "samples_seen": 0,
+                                 "class_names": names, "config": C.dump(cfg), "scaler": None, "meta": meta_ck},
+                                record.ckpt)
+            from torch.utils.tensorboard import SummaryWriter
+            with SummaryWriter(str(record.tb)) as w:
+                for i, t in enumerate(result["trials"]):
+                    w.add_scalar("probe/val_balanced_accuracy", t["val_balanced_accuracy"], i)
+                for key in ("accuracy", "balanced_accuracy", "auc"):
+                    if isinstance(m.get(key), float):
+                        w.add_scalar(f"eval/{key}", m[key], 0)
+            results = cfg.results or str(Path(cfg.out_dir) / "results.jsonl")
+            append_row(results, row)
+            record.finish(row)
+            print(f"[{cfg.run_name}] probe{' (k=%s)' % meta.get('shots') if meta.get('shots') else ''}: C={m['probe_c']:g} "
+                  f"(val balanced accuracy {m['probe_val_balanced_accuracy']:.3f}); test accuracy {m['accuracy']:.4f}, "
+                  f"balanced {m['balanced_accuracy']:.4f}" + (" [collapsed]" if m.get("collapsed") else ""), flush=True)
     return m

@@ -9,9 +9,9 @@ loss (names the step), 75 interrupted by SIGUSR1/SIGTERM after saving a checkpoi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -19,9 +19,9 @@ import torch
 
 from covidnetx import config as C
 from covidnetx.data.compose import Mixture, few_shot
-from covidnetx.data.hdf5 import PackedDataset
-from covidnetx.models import read_checkpoint
-from covidnetx.utils import UserError, ensure_writable_dir
+from covidnetx.data.hdf5 import PackedDataset, index_path
+from covidnetx.record import CONFIG, RunDir, load_checkpoint
+from covidnetx.utils import AgreedError, UserError, ensure_writable_dir
 
 EXIT_NONFINITE = 3
 
@@ -45,8 +45,8 @@ def check_sources(cfg: C.Config) -> None:
     if not cfg.data.sources:
         raise UserError("config key 'data.sources': no packed dataset given")
     for s in cfg.data.sources:
-        if not (Path(s) / "index.json").is_file():
-            raise UserError(f"config key 'data.sources': {s!r} is not a packed dataset (no index.json)")
+        if not index_path(s).is_file():
+            raise UserError(f"config key 'data.sources': {s!r} is not a packed dataset (no {index_path(s).name})")
 
 
 _UPSAMPLE_SAID: set = set()
@@ -103,7 +103,7 @@ def _init_meta(path: str) -> dict:
     if not path or not os.path.isfile(path):
         return {}
     try:
-        ck = read_checkpoint(path)
+        ck = load_checkpoint(path)
     except UserError:  # unreadable: load_weights says so when the run starts
         return {}
     return ck.get("meta", {}) if isinstance(ck, dict) else {}
@@ -163,8 +163,9 @@ def is_probe(cfg: C.Config) -> bool:
 
 def check_run_dir(cfg: C.Config, run_dir: Path, dist, force: bool = False) -> None:
     """A run directory belongs to one config. Reusing its name with another config is an error naming the
-    keys that differ; ``force`` (``--force``) deletes the existing run directory, so the run starts over."""
-    saved = run_dir / "config.yaml"
+    keys that differ; ``force`` (``--force``) deletes the existing run directory (rank 0; run it inside
+    ``dist.phase()``, whose agreement is the barrier after it), so the run starts over."""
+    saved = run_dir / CONFIG
     if not saved.is_file():
         return
     if force:
@@ -172,7 +173,6 @@ def check_run_dir(cfg: C.Config, run_dir: Path, dist, force: bool = False) -> No
             import shutil
             shutil.rmtree(run_dir)
             print(f"[{cfg.run_name}] --force: removed the earlier run in {run_dir}", flush=True)
-        dist.barrier()
         return
     try:
         old = C.load_config(str(saved))
@@ -193,14 +193,19 @@ def check_out_dir(cfg: C.Config) -> None:
 
 
 def run_one(cfg: C.Config, meta: dict, subset, dist, force: bool = False) -> dict:
-    from covidnetx.train.engine import DONE, Trainer
+    from covidnetx.train.engine import Trainer
     run_dir = Path(cfg.out_dir) / cfg.run_name
-    check_run_dir(cfg, run_dir, dist, force)
-    if (run_dir / DONE).is_file():
+    with dist.phase():
+        check_run_dir(cfg, run_dir, dist, force)
+    done = None
+    with dist.phase():
+        done = RunDir(run_dir).result()
+        if done is None:
+            train, ev, val = _views(cfg)          # reads and checks the shards
+    if done is not None:
         if dist.is_primary:
             print(f"[{cfg.run_name}] already done; skipping", flush=True)
-        return json.loads((run_dir / DONE).read_text())
-    train, ev, val = _views(cfg)
+        return done
     meta = dict(meta)
     if cfg.task == "transfer" and cfg.model.init_from and "measures" not in meta:
         from covidnetx.train.probe import transfer_measures
@@ -210,7 +215,9 @@ def run_one(cfg: C.Config, meta: dict, subset, dist, force: bool = False) -> dic
         return run_probe(cfg, dist, train, ev, val, run_dir, meta, subset)
     if subset is not None:
         train = train.subset(subset)
-    return Trainer(cfg, dist, train, ev, run_dir, meta, val_view=val).fit()
+    with dist.phase():
+        trainer = Trainer(cfg, dist, train, ev, run_dir, meta, val_view=val)
+    return trainer.fit()
 
 
 def default_threads() -> int:
@@ -238,7 +245,9 @@ def run(args) -> int:
     try:
         cfg = C.load_config(args.config, [f"task={args.task}"] + list(args.overrides))
     except UserError as e:
-        print(f"covidnetx {args.task}: error: {e}", file=sys.stderr)
+        from covidnetx.launch import world_from_env
+        if world_from_env().rank == 0:      # every rank read the same config: one message
+            print(f"covidnetx {args.task}: error: {e}", file=sys.stderr)
         return 2
     if args.print_config:
         print(C.dump(cfg))
@@ -250,6 +259,7 @@ def run_configs(cfgs: list, label: str, force: bool = False) -> int:
     """Run configs one after another in this launcher invocation (the distributed backend is started
     once; few-shot configs expand to shots x seeds runs). Finished runs are skipped."""
     from covidnetx import dist as D
+    from covidnetx.dist import fail_alone
     from covidnetx.train.engine import EXIT_REQUEUE, STOP, Interrupted
     set_threads(cfgs[0])
     dist = None
@@ -257,20 +267,23 @@ def run_configs(cfgs: list, label: str, force: bool = False) -> int:
         try:
             dist = D.init(cfgs[0].backend, "cuda" if cfgs[0].data.device == "gpu" else "auto")
             for cfg in cfgs:
-                check_out_dir(cfg)
-                for sub, meta, subset in plan_runs(cfg):
+                with dist.phase():
+                    check_out_dir(cfg)
+                    plan = plan_runs(cfg)
+                for sub, meta, subset in plan:
                     # between runs: every rank agrees (the signal may have reached only some of them)
                     if dist.allreduce_sum([1.0 if STOP.requested else 0.0])[0] > 0:
                         raise Interrupted(None, sub.run_name)
                     run_one(sub, meta, subset, dist, force)
             return 0
-        except UserError as e:
-            if dist is None or dist.is_primary:
+        except AgreedError as e:                    # every rank raised it: one message, a normal exit
+            if dist.is_primary:
                 print(f"covidnetx {label}: error: {e}", file=sys.stderr)
             return 2
+        except UserError as e:
+            return fail_alone(dist, label, str(e), 2)
         except FloatingPointError as e:
-            print(f"covidnetx {label}: error: {e}", file=sys.stderr)
-            return EXIT_NONFINITE
+            return fail_alone(dist, label, str(e), EXIT_NONFINITE)
         except Interrupted as e:
             if dist.is_primary:
                 where = (f"before run {e.args[1]} started" if e.args[0] is None
@@ -278,6 +291,10 @@ def run_configs(cfgs: list, label: str, force: bool = False) -> int:
                 print(f"covidnetx {label}: interrupted {where}, exit {EXIT_REQUEUE} (requeue to continue)",
                       file=sys.stderr, flush=True)
             return EXIT_REQUEUE
+        except Exception as e:  # noqa: BLE001 - the last resort: on one rank alone, the others would wait
+            if dist is None or dist.size == 1:
+                raise
+            return fail_alone(dist, label, f"{type(e).__name__}: {e}\n{traceback.format_exc()}", 1)
         finally:
             if dist is not None:
                 dist.shutdown()
