@@ -9,7 +9,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import yaml
 
@@ -109,31 +109,50 @@ CHOICES = {
 }
 
 
-def _coerce(key: str, tp, value):
+@dataclasses.dataclass(frozen=True)
+class Schema:
+    """A typed file: its root dataclass, what its keys are called in errors, and the command that lists
+    them. Run configs and sweep files are read by the same code."""
+    root: type
+    what: str = "config key"
+    keys_cmd: str = "covidnetx pretrain --keys"
+
+
+RUN_SCHEMA = Schema(Config)
+
+
+def _coerce(key: str, tp, value, schema: Optional["Schema"] = None):
+    schema = schema or RUN_SCHEMA
+    what = schema.what
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise UserError(f"config key {key!r}: expected a mapping, got {type(value).__name__}")
-        return _build(tp, value, key + ".")
+            raise UserError(f"{what} {key!r}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key + ".", schema)
+    if origin in (dict, Dict) and typing.get_args(tp):
+        _, inner = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise UserError(f"{what} {key!r}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(f"{key}.{k}", inner, v, schema) for k, v in value.items()}
     if origin in (list, List):
         (inner,) = typing.get_args(tp)
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, list):
-            raise UserError(f"config key {key!r}: expected a list, got {value!r}")
-        return [_coerce(f"{key}[{i}]", inner, v) for i, v in enumerate(value)]
+            raise UserError(f"{what} {key!r}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", inner, v, schema) for i, v in enumerate(value)]
     if tp is dict:
         if not isinstance(value, dict):
-            raise UserError(f"config key {key!r}: expected a mapping, got {value!r}")
+            raise UserError(f"{what} {key!r}: expected a mapping, got {value!r}")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise UserError(f"config key {key!r}: expected true/false, got {value!r}")
+        raise UserError(f"{what} {key!r}: expected true/false, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise UserError(f"config key {key!r}: expected an integer, got {value!r}")
+        raise UserError(f"{what} {key!r}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -142,34 +161,43 @@ def _coerce(key: str, tp, value):
                 return float(value)
             except ValueError:
                 pass
-        raise UserError(f"config key {key!r}: expected a number, got {value!r}")
+        raise UserError(f"{what} {key!r}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise UserError(f"config key {key!r}: expected a string, got {value!r}")
+        raise UserError(f"{what} {key!r}: expected a string, got {value!r}")
     return value
 
 
-def _unknown(key: str, known_here=None) -> UserError:
+def _unknown(key: str, known_here=None, schema: Optional["Schema"] = None) -> UserError:
     """The error for an unknown key: the nearest known dotted key when one is close (a typo), else the
     keys known at that level; and where the whole list is."""
     import difflib
-    near = difflib.get_close_matches(key, list(flatten(to_dict(Config()))), n=1, cutoff=0.75)
+    schema = schema or RUN_SCHEMA
+    near = difflib.get_close_matches(key, [k for k, *_ in key_reference(schema.root)], n=1, cutoff=0.75)
     hint = f"did you mean {near[0]!r}?" if near else (
         f"known here: {', '.join(sorted(known_here))}" if known_here else "")
-    return UserError(f"unknown config key {key!r}" + (f" ({hint})" if hint else "")
-                     + "; `covidnetx pretrain --keys` lists every key")
+    return UserError(f"unknown {schema.what} {key!r}" + (f" ({hint})" if hint else "")
+                     + f"; `{schema.keys_cmd}` lists every key")
 
 
-def _build(cls, d: dict, prefix: str = ""):
+def _build(cls, d: dict, prefix: str = "", schema: Optional["Schema"] = None):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for k in d:
         if k not in names:
-            raise _unknown(prefix + k, names)
-    kwargs = {k: _coerce(prefix + k, hints[k], v) for k, v in d.items()}
+            raise _unknown(prefix + k, names, schema)
+    kwargs = {k: _coerce(prefix + k, hints[k], v, schema) for k, v in d.items()}
     obj = cls(**kwargs)
     return obj
+
+
+def build(schema: "Schema", d: dict):
+    """A ``schema.root`` object from a mapping (a YAML file's content): types checked and coerced, unknown
+    keys named with the nearest known one."""
+    if not isinstance(d, dict):
+        raise UserError(f"expected a mapping of {schema.what}s, got {type(d).__name__}")
+    return _build(schema.root, d, "", schema)
 
 
 def to_dict(cfg) -> dict:
@@ -282,30 +310,49 @@ def load_config(path: Optional[str] = None, overrides: Optional[list] = None, ba
             raise UserError(f"{p}: not valid YAML ({e})") from None
         if not isinstance(loaded, dict):
             raise UserError(f"{p}: expected a mapping at the top level")
-        d = _merge(d, loaded)
+        d = merge(d, loaded)
     full = to_dict(Config())
-    d = _merge(full, d)
+    d = merge(full, d)
     d = apply_overrides(d, overrides or [])
     return validate(_build(Config, d))
 
 
-def _merge(a: dict, b: dict) -> dict:
+def merge(a: dict, b: dict) -> dict:
+    """``b`` over ``a``, nested sections merged key by key (``data.rename`` is a value, replaced whole)."""
     out = dict(a)
-    for k, v in b.items():
+    for k, v in (b or {}).items():
         if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "rename":
-            out[k] = _merge(out[k], v)
+            out[k] = merge(out[k], v)
         else:
             out[k] = v
     return out
+
+
+def copy_with(cfg: Config, **changes) -> Config:
+    """A copy of ``cfg`` with top-level keys changed (``dataclasses.replace``), validated."""
+    import dataclasses
+    import copy
+    return validate(dataclasses.replace(copy.deepcopy(cfg), **changes))
+
+
+def run_names(cfg: Config, name: str) -> list:
+    """The runs one command makes under ``name`` (the one naming rule, used by the tasks that run them
+    and by the sweep that predicts them): few-shot NAME-kK-sSEED for every shots x seeds (seeds [] =
+    [seed]); otherwise NAME-sSEED per seed, or NAME alone when ``seeds`` is empty."""
+    seeds = list(cfg.seeds) or [cfg.seed]
+    if cfg.task == "transfer" and cfg.regime == "fewshot":
+        return [f"{name}-k{k}-s{s}" for k in cfg.shots for s in seeds]
+    return [f"{name}-s{s}" for s in cfg.seeds] if cfg.seeds else [name]
 
 
 def dump(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=True)
 
 
-def key_reference() -> list:
-    """(dotted key, type, default, description) of every config key, in definition order. The
-    descriptions are the comments beside the fields above: one place keeps them."""
+def key_reference(root=None) -> list:
+    """(dotted key, type, default, description) of every key of ``root`` (a dataclass; the run Config by
+    default), in definition order. The descriptions are the comments beside the fields: one place keeps
+    them."""
     import inspect
     import re
     rows = []
@@ -324,17 +371,20 @@ def key_reference() -> list:
         hints = typing.get_type_hints(type(obj))
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
+            args = typing.get_args(hints[f.name])
             if dataclasses.is_dataclass(value):
                 walk(value, prefix + f.name + ".")
+            elif args and dataclasses.is_dataclass(args[-1]):      # {NAME: spec} or [spec, ...]
+                walk(args[-1](), prefix + f.name + (".NAME." if len(args) == 2 else "[]."))
             else:
                 rows.append((prefix + f.name, type_name(hints[f.name]), value, notes.get(f.name, "")))
-    walk(Config(), "")
+    walk((root or Config)(), "")
     return rows
 
 
-def format_keys() -> str:
+def format_keys(root=None) -> str:
     rows = [(k, t, yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n...").strip(), d)
-            for k, t, v, d in key_reference()]
+            for k, t, v, d in key_reference(root)]
     wk, wt, wv = (max(len(r[i]) for r in rows) for i in range(3))
     return "\n".join(f"{k:<{wk}}  {t:<{wt}}  {v:<{wv}}  {d}".rstrip() for k, t, v, d in rows)
 

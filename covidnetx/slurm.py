@@ -15,6 +15,7 @@ from pathlib import Path
 
 from covidnetx.utils import UserError, atomic_write_bytes
 
+
 def _jobscripts() -> Path:
     """The job-script templates: installed as package data (covidnetx/jobscripts/), or in a source checkout
     at the top of the tree (jobscripts/)."""
@@ -26,31 +27,21 @@ def _jobscripts() -> Path:
 
 
 JOBSCRIPTS = _jobscripts()
-DEFAULTS = {
-    "template": "generic", "account": "", "partition": "", "nodes": 1, "transfer_nodes": 1, "tasks_per_node": 1,
-    "gpus_per_node": 0, "cpus_per_task": 1, "time": "01:00:00", "transfer_time": "", "report_time": "00:30:00",
-    "signal_lead": 120, "modules": "", "srun_args": "", "python": "", "workdir": "", "sbatch": "sbatch",
-}
 TEMPLATES = {"generic": "generic.sbatch.tmpl", "juwels": "juwels_booster.sbatch.tmpl"}
 
 
-def settings(sw: dict) -> dict:
-    s = dict(DEFAULTS)
-    given = sw.get("slurm") or {}
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise UserError(f"unknown slurm key {unknown[0]!r} (known: {', '.join(sorted(DEFAULTS))})")
-    s.update(given)
+def settings(sw) -> dict:
+    """The sweep's ``slurm`` section with every value resolved: the template's defaults where left at 0
+    (generic: 1 task and 1 CPU per node, no GPU; juwels: 4 tasks, 4 GPUs and 12 CPUs per task), this
+    Python and this folder where left empty."""
+    import dataclasses
+    s = dataclasses.asdict(sw.slurm)
     if s["template"] not in TEMPLATES:
         raise UserError(f"slurm.template {s['template']!r}: use one of {', '.join(TEMPLATES)}")
-    if s["template"] == "juwels":
-        s.setdefault("tasks_per_node", 4)
-        if not given.get("tasks_per_node"):
-            s["tasks_per_node"] = 4
-        if not given.get("gpus_per_node"):
-            s["gpus_per_node"] = 4
-        if not given.get("cpus_per_task"):
-            s["cpus_per_task"] = 12
+    juwels = s["template"] == "juwels"
+    for key, generic, booster in (("tasks_per_node", 1, 4), ("gpus_per_node", 0, 4), ("cpus_per_task", 1, 12)):
+        s[key] = s[key] or (booster if juwels else generic)
+    if juwels:
         for key in ("account", "partition"):
             if not s[key]:
                 raise UserError(f"slurm.{key} is required for the juwels template")
@@ -70,10 +61,10 @@ def render(template: str, values: dict) -> str:
     return "\n".join(l for l in out.splitlines() if l.strip() != "") + "\n"
 
 
-def render_chain(sw: dict, pre: list, tr: list, paths: dict) -> list:
+def render_chain(sw, pre: list, tr: list, paths: dict) -> list:
     """[(stage, script path, script text)] in dependency order; also writes the list files."""
     s = settings(sw)
-    out = Path(sw["out_dir"]).resolve()
+    out = Path(sw.out_dir).resolve()
     jobs = out / "jobs"
     logs = out / "logs"
     base = {"account": s["account"], "partition": s["partition"], "gpus_per_node": s["gpus_per_node"],
@@ -81,10 +72,10 @@ def render_chain(sw: dict, pre: list, tr: list, paths: dict) -> list:
             "modules": s["modules"], "jobscripts": JOBSCRIPTS, "workdir": s["workdir"], "python": s["python"],
             "srun_args": s["srun_args"]}
     stages = []
-    if sw.get("pack"):
+    if sw.pack:
         cmds = []
-        for p in sw["pack"]:
-            args = [p["kind"], p["raw"], p["out"]] + [str(a) for a in p.get("args", [])]
+        for p in sw.pack:
+            args = [p.kind, p.raw, p.out] + [str(a) for a in p.args]
             cmds.append("pack " + " ".join(shlex.quote(str(a)) for a in args))
         stages.append(("pack", {"nodes": 1, "tasks_per_node": s["tasks_per_node"], "time": s["time"],
                                 "array_line": "", "command": " && ".join(cmds)}))
@@ -101,7 +92,7 @@ def render_chain(sw: dict, pre: list, tr: list, paths: dict) -> list:
                               "command": f"report {out / 'results.jsonl'} --out {out / 'report'}"}))
     rendered = []
     for stage, v in stages:
-        values = {**base, **v, "stage": stage, "job_name": f"{sw['name']}-{stage}"}
+        values = {**base, **v, "stage": stage, "job_name": f"{sw.name}-{stage}"}
         text = render(s["template"], values)
         path = jobs / f"{stage}.sbatch"
         atomic_write_bytes(path, text.encode())
@@ -110,7 +101,7 @@ def render_chain(sw: dict, pre: list, tr: list, paths: dict) -> list:
     return rendered
 
 
-def submit_chain(sw: dict, pre: list, tr: list, paths: dict, sweep_path: str, dry_run: bool = False) -> int:
+def submit_chain(sw, pre: list, tr: list, paths: dict, sweep_path: str, dry_run: bool = False) -> int:
     chain = render_chain(sw, pre, tr, paths)
     if dry_run:
         for stage, path, text in chain:

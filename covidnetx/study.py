@@ -225,7 +225,7 @@ def run(args) -> int:
     if args.executor == "slurm":
         from covidnetx.slurm import submit_chain
         return submit_chain(sw, pre, tr, paths, str(sweep))
-    done_before = sum(S.run_state(Path(sw["out_dir"]) / "runs" / n, time.time())[0] == "done"
+    done_before = sum(S.run_state(Path(sw.out_dir) / "runs" / n, time.time())[0] == "done"
                       for n in [n for n, _ in pre] + [x for *_, subs in tr for x in subs])
     for stage in ("pretrain", "transfer"):
         code = S.run_local(sw, pre, tr, paths, args.nprocs, stage, False)
@@ -253,7 +253,7 @@ def run(args) -> int:
     return 0
 
 
-def write_study_report(sw: dict, info: dict, run_ids=None) -> Path:
+def write_study_report(sw, info: dict, run_ids=None) -> Path:
     from covidnetx.scaling.report import write_report
     total = info["runs"]["pretrain"] + info["runs"]["transfer"]
     took = (f"it took {info['seconds'] / 60:.0f} min from raw data to this report" if not info["done_before"] else
@@ -265,10 +265,10 @@ def write_study_report(sw: dict, info: dict, run_ids=None) -> Path:
         pre += f" Note: {info['note']}."
     if info.get("credits"):
         pre += "\n\n" + info["credits"]
-    res = Path(sw["out_dir"]) / "results.jsonl"
+    res = Path(sw.out_dir) / "results.jsonl"
     pre += ("\n\nThe study's metric is balanced accuracy (the mean of the per-class sensitivities; chance = 1 / "
             "classes), which a model that favours the largest class cannot inflate.")
-    return write_report(res, Path(sw["out_dir"]) / "report", metric=sw["fit"].get("metric", "accuracy"),
+    return write_report(res, Path(sw.out_dir) / "report", metric=sw.fit.metric,
                         title=f"Transfer scaling study: {info['preset']}", preamble=pre, run_ids=run_ids)
 
 

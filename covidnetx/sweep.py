@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Dict, List, Optional
 
 import yaml
 
@@ -25,15 +26,106 @@ from covidnetx import config as C
 from covidnetx.record import RunDir
 from covidnetx.utils import UserError, atomic_write_bytes
 
-SWEEP_KEYS = {"name", "out_dir", "np", "base", "sources", "target", "models", "fractions", "sizes", "data_models",
-              "seeds", "pretrain", "transfer", "fit", "slurm", "pack"}
-PRETRAIN_KEYS = {"steps", "epochs", "config"}
-TRANSFER_KEYS = {"regimes", "shots", "seeds", "fewshot_from", "config", "scratch"}
+@dataclass
+class SourceSpec:
+    data: List[str] = field(default_factory=list)        # packed dataset folders, mixed into one source
+    domain: str = ""                                     # e.g. natural | xray | mixed (intra/inter pairs with the target's)
+    label_space: str = "union"                           # union | intersection of the folders' classes
+    rename: dict = field(default_factory=dict)           # class name -> name in the mixture's label space
+    config: dict = field(default_factory=dict)           # run config keys for this source's pre-training runs
+
+
+@dataclass
+class TargetSpec:
+    data: List[str] = field(default_factory=list)        # packed target folder(s)
+    domain: str = ""                                     # the target's domain (intra when a source's is the same)
+    name: str = ""                                       # the target's name in tables
+
+
+@dataclass
+class PretrainSpec:
+    steps: List[int] = field(default_factory=list)       # step budgets ([] and no epochs: the config's optim.steps)
+    epochs: List[float] = field(default_factory=list)    # or epoch budgets over each run's data (not both)
+    config: dict = field(default_factory=dict)           # run config keys for every pre-training run
+
+
+@dataclass
+class ScratchSpec:
+    models: List[str] = field(default_factory=list)      # from-scratch baselines: models (with the sweep's seeds)
+    regimes: List[str] = field(default_factory=lambda: ["full"])   # full and/or linear
+
+
+@dataclass
+class TransferSpec:
+    regimes: List[str] = field(default_factory=lambda: ["full"])   # full | linear | fewshot
+    shots: List[int] = field(default_factory=lambda: [1, 5, 10])   # few-shot: labelled images per class
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # few-shot draws per checkpoint
+    fewshot_from: str = "largest"                        # largest (model and data per source) | all checkpoints
+    config: dict = field(default_factory=dict)           # run config keys for every transfer run
+    scratch: ScratchSpec = field(default_factory=ScratchSpec)
+
+
+@dataclass
+class FitSpec:
+    metric: str = "accuracy"                             # the report's metric
+
+
+@dataclass
+class PackSpec:
+    kind: str = ""                                       # a covidnetx pack layout (csv, imagefolder, nih, ...)
+    raw: str = ""                                        # raw data folder
+    out: str = ""                                        # packed output folder
+    args: List[str] = field(default_factory=list)        # more pack options
+
+
+@dataclass
+class SlurmSpec:
+    template: str = "generic"                            # generic | juwels (JUWELS Booster: 4 GPUs per node)
+    account: str = ""                                    # --account (required for juwels)
+    partition: str = ""                                  # --partition (required for juwels)
+    nodes: int = 1                                       # nodes per pre-training run
+    transfer_nodes: int = 1                              # nodes per transfer run
+    tasks_per_node: int = 0                              # ranks per node (0: 1, juwels 4)
+    gpus_per_node: int = 0                               # --gres=gpu:N (0: none, juwels 4)
+    cpus_per_task: int = 0                               # (0: 1, juwels 12)
+    time: str = "01:00:00"                               # time limit of a pre-training job
+    transfer_time: str = ""                              # of a transfer job ("" = time)
+    report_time: str = "00:30:00"                        # of the report job
+    signal_lead: int = 120                               # seconds of warning (USR1) before the limit
+    modules: str = ""                                    # site modules to load
+    srun_args: str = ""                                  # more srun options (e.g. --mpi=pmix)
+    python: str = ""                                     # the Python that runs covidnetx ("" = this one)
+    workdir: str = ""                                    # the jobs' working folder ("" = here)
+    sbatch: str = "sbatch"                               # the sbatch command
+
+
+@dataclass
+class Sweep:
+    name: str = ""                                       # "" = the file's name
+    out_dir: str = ""                                    # "" = runs/NAME
+    np: int = 1                                          # processes per run (local executor)
+    base: dict = field(default_factory=dict)             # run config keys for every run
+    sources: Dict[str, SourceSpec] = field(default_factory=dict)   # pre-training sources by name
+    target: TargetSpec = field(default_factory=TargetSpec)
+    models: List[str] = field(default_factory=list)      # model names (covidnetx pretrain --keys: model.name)
+    fractions: List[float] = field(default_factory=list)  # data axis as fractions of each source ([] = [1.0])
+    sizes: List[int] = field(default_factory=list)       # or as train images per source (not both)
+    data_models: List[str] = field(default_factory=list)  # models on the data axis ([] = all; others: largest only)
+    seeds: List[int] = field(default_factory=lambda: [0])  # pre-training seeds (transfer inherits each run's)
+    pretrain: PretrainSpec = field(default_factory=PretrainSpec)
+    transfer: TransferSpec = field(default_factory=TransferSpec)
+    fit: FitSpec = field(default_factory=FitSpec)
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)
+    pack: List[PackSpec] = field(default_factory=list)   # datasets to pack in a first Slurm job
+
+
+SWEEP_SCHEMA = C.Schema(Sweep, what="sweep key", keys_cmd="covidnetx sweep --keys")
 
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="covidnetx sweep", description=__doc__.split("\n")[0])
-    p.add_argument("sweep", help="sweep YAML file")
+    p.add_argument("sweep", nargs="?", help="sweep YAML file")
+    p.add_argument("--keys", action="store_true", help="list every sweep key with its type, default and meaning")
     p.add_argument("--executor", choices=("local", "slurm"), default="local")
     p.add_argument("--dry-run", action="store_true", help="print what would run (local) or the job scripts (slurm)")
     p.add_argument("--np", dest="nprocs", type=int, default=None, help="processes per run (local; overrides np)")
@@ -44,79 +136,75 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     return p
 
 
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in (b or {}).items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "rename" else v
-    return out
-
-
-def load_sweep(path: str) -> dict:
+def load_sweep(path: str) -> Sweep:
+    """A sweep file, typed and checked: one error naming the key (and the nearest known key for a typo)."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"sweep file {path!r} not found")
     try:
-        sw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise UserError(f"{p}: not valid YAML ({e})") from None
-    unknown = sorted(set(sw) - SWEEP_KEYS)
-    if unknown:
-        raise UserError(f"{p}: unknown sweep key {unknown[0]!r} (known: {', '.join(sorted(SWEEP_KEYS))})")
-    for key in ("sources", "target", "models"):
-        if not sw.get(key):
-            raise UserError(f"{p}: sweep key {key!r} is required")
-    for name, src in sw["sources"].items():
-        if not isinstance(src, dict) or not src.get("data"):
-            raise UserError(f"{p}: sources.{name}: needs data: [packed folder, ...]")
-    for section, known in (("pretrain", PRETRAIN_KEYS), ("transfer", TRANSFER_KEYS)):
-        bad = sorted(set(sw.get(section) or {}) - known)
-        if bad:
-            raise UserError(f"{p}: unknown key {section}.{bad[0]!r} (known: {', '.join(sorted(known))})")
-    if sw.get("sizes") and sw.get("fractions"):
-        raise UserError(f"{p}: give fractions or sizes (source sizes in images), not both")
-    for name, src in sw["sources"].items():
-        bad = sorted(set(src) - {"data", "domain", "label_space", "rename", "config"})
-        if bad:
-            raise UserError(f"{p}: unknown key sources.{name}.{bad[0]!r}")
-    sw.setdefault("name", p.stem)
-    sw.setdefault("out_dir", str(Path("runs") / sw["name"]))
-    sw.setdefault("np", 1)
-    if not sw.get("sizes"):
-        sw.setdefault("fractions", [1.0])
-    sw.setdefault("seeds", [0])
-    sw.setdefault("pretrain", {})
-    sw.setdefault("transfer", {})
-    sw.setdefault("fit", {})
+    try:
+        sw = C.build(SWEEP_SCHEMA, raw)
+        check_sweep(sw)
+    except UserError as e:
+        raise UserError(f"{p}: {e}") from None
+    sw.name = sw.name or p.stem
+    sw.out_dir = sw.out_dir or str(Path("runs") / sw.name)
+    if not sw.sizes and not sw.fractions:
+        sw.fractions = [1.0]
     return sw
 
 
-def _target(sw) -> dict:
-    t = sw["target"]
-    data = t["data"] if isinstance(t["data"], list) else [t["data"]]
-    return {"data": data, "domain": t.get("domain", ""), "name": t.get("name", "")}
+def check_sweep(sw: Sweep) -> None:
+    for key, value in (("sources", sw.sources), ("target.data", sw.target.data), ("models", sw.models)):
+        if not value:
+            raise UserError(f"sweep key {key!r} is required")
+    for name, src in sw.sources.items():
+        if not src.data:
+            raise UserError(f"sweep key 'sources.{name}.data': needs [packed folder, ...]")
+    if sw.sizes and sw.fractions:
+        raise UserError("sweep keys 'fractions' and 'sizes': give one (source sizes in images), not both")
+    if sw.pretrain.steps and sw.pretrain.epochs:
+        raise UserError("sweep keys 'pretrain.steps' and 'pretrain.epochs': give one, not both")
+    for key, values, allowed in (("transfer.regimes", sw.transfer.regimes, ("full", "linear", "fewshot")),
+                                 ("transfer.scratch.regimes", sw.transfer.scratch.regimes, ("full", "linear")),
+                                 ("transfer.fewshot_from", [sw.transfer.fewshot_from], ("largest", "all")),
+                                 ("slurm.template", [sw.slurm.template], ("generic", "juwels"))):
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            raise UserError(f"sweep key {key!r}: {bad[0]!r} is not one of {', '.join(allowed)}"
+                            + (" (few-shot needs a checkpoint)" if key == "transfer.scratch.regimes" else ""))
+    for key, value in (("np", sw.np), ("slurm.nodes", sw.slurm.nodes), ("slurm.transfer_nodes", sw.slurm.transfer_nodes)):
+        if value < 1:
+            raise UserError(f"sweep key {key!r}: {value} is not valid (must be >= 1)")
+    for i, pk in enumerate(sw.pack):
+        if not (pk.kind and pk.raw and pk.out):
+            raise UserError(f"sweep key 'pack[{i}]': needs kind, raw and out")
 
 
-def _fractions(sw: dict, src: dict) -> list:
+def _fractions(sw: Sweep, src: SourceSpec) -> list:
     """The source fractions of the data axis: ``fractions`` as given, or ``sizes`` (images) over the size
     of this source's train split (so that sources of different sizes meet at the same sizes)."""
-    if not sw.get("sizes"):
-        return [float(f) for f in sw["fractions"]]
+    if not sw.sizes:
+        return [float(f) for f in sw.fractions]
     from covidnetx.data.hdf5 import load_index
     n = 0
-    for d in src["data"]:
+    for d in src.data:
         try:
             n += int(load_index(d)["splits"]["train"]["count"])
         except (UserError, KeyError):
             raise UserError(f"sizes: cannot read the train split size of {d!r} (packed dataset?)") from None
     out = []
-    for size in sw["sizes"]:
+    for size in sw.sizes:
         if not 0 < size <= n:
-            raise UserError(f"sizes: {size} images asked of a source with {n} train images ({src['data']})")
+            raise UserError(f"sizes: {size} images asked of a source with {n} train images ({src.data})")
         out.append(round(size / n, 6))
     return out
 
 
-def expand(sw: dict) -> tuple:
+def expand(sw: Sweep) -> tuple:
     """-> (pretrain [(run_name, config)], transfer [(run_name, config, [expected run dirs])]).
 
     Pre-training: sources x models x fractions (or sizes) x steps (or epochs) x seeds; ``data_models``
@@ -125,73 +213,65 @@ def expand(sw: dict) -> tuple:
     pre-trained checkpoint, so a cell's n counts independent pre-training + transfer pipelines);
     few-shot from the largest model and fraction per source, shots x transfer seeds per checkpoint; and
     from-scratch baselines (transfer.scratch: models, regimes) with the sweep's seeds."""
-    out = Path(sw["out_dir"])
+    out = Path(sw.out_dir)
     common = {"out_dir": str(out / "runs"), "results": str(out / "results.jsonl"),
               "feature_cache": str(out / "features")}
-    base = _merge(sw.get("base") or {}, common)
+    base = C.merge(sw.base, common)
     pre, tr = [], []
-    p = sw["pretrain"]
-    if "steps" in p and "epochs" in p:
-        raise UserError("pretrain: give steps or epochs, not both")
-    budget = [("epochs", float(e)) for e in _as_list(p["epochs"])] if "epochs" in p else \
-        [("steps", int(n)) for n in _as_list(p.get("steps", [0]))]
-    data_models = sw.get("data_models") or sw["models"]
-    tgt = _target(sw)
+    p = sw.pretrain
+    budget = [("epochs", float(e)) for e in p.epochs] if p.epochs else [("steps", int(n)) for n in p.steps or [0]]
+    data_models = sw.data_models or sw.models
+    tgt = sw.target
     largest = {}
-    for src_name, src in sw["sources"].items():
+    for src_name, src in sw.sources.items():
         fracs = _fractions(sw, src)
-        for model in sw["models"]:
+        for model in sw.models:
             for frac in (fracs if model in data_models else [max(fracs)]):
                 for kind, amount in budget:
-                    for seed in sw["seeds"]:
-                        d = _merge(base, p.get("config") or {})
-                        d = _merge(d, src.get("config") or {})
-                        d = _merge(d, {"task": "pretrain", "model": {"name": model}, "source_name": src_name,
-                                       "source_domain": src.get("domain", ""), "seed": int(seed), "seeds": [],
-                                       "data": {"sources": list(src["data"]), "fraction": float(frac),
-                                                "label_space": src.get("label_space", "union"),
-                                                "rename": src.get("rename") or {}},
+                    for seed in sw.seeds:
+                        d = C.merge(base, p.config)
+                        d = C.merge(d, src.config)
+                        d = C.merge(d, {"task": "pretrain", "model": {"name": model}, "source_name": src_name,
+                                       "source_domain": src.domain, "seed": int(seed), "seeds": [],
+                                       "data": {"sources": list(src.data), "fraction": float(frac),
+                                                "label_space": src.label_space, "rename": dict(src.rename)},
                                        "optim": {kind: amount, ("steps" if kind == "epochs" else "epochs"): 0}})
                         cfg = C.load_config(base=d)
                         tag = f"e{amount:g}" if kind == "epochs" else f"n{amount}"
                         name = f"pre-{src_name}-{model}-f{frac:g}-{tag}-s{seed}-{C.config_hash(cfg)[:8]}"
-                        cfg = C.load_config(base=d, overrides=[f"run_name={name}"])
+                        cfg = C.copy_with(cfg, run_name=name)
                         pre.append((name, cfg))
-                        rank = (sw["models"].index(model), frac, amount)
+                        rank = (sw.models.index(model), frac, amount)
                         if src_name not in largest or rank > largest[src_name][0]:
                             largest[src_name] = (rank, [])
                         if largest[src_name][0] == rank:
                             largest[src_name][1].append(name)
-    t = sw["transfer"]
-    regimes = t.get("regimes", ["full"])
-    fs_seeds = t.get("seeds", [0, 1, 2, 3, 4])
+    t = sw.transfer
+    regimes, fs_seeds = t.regimes, t.seeds
 
     def transfer_cfg(regime, extra, name_stem):
-        d = _merge(base, t.get("config") or {})
-        d = _merge(d, {"task": "transfer", "regime": regime, "target_name": tgt["name"],
-                       "target_domain": tgt["domain"], "data": {"sources": tgt["data"]},
-                       "shots": t.get("shots", [1, 5, 10]), **extra})
+        d = C.merge(base, t.config)
+        d = C.merge(d, {"task": "transfer", "regime": regime, "target_name": tgt.name,
+                       "target_domain": tgt.domain, "data": {"sources": list(tgt.data)},
+                       "shots": list(t.shots), **extra})
         cfg = C.load_config(base=d)
         tname = f"{name_stem}-{C.config_hash(cfg)[:8]}"
-        return tname, C.load_config(base=d, overrides=[f"run_name={tname}"])
+        return tname, C.copy_with(cfg, run_name=tname)
 
     for name, pcfg in pre:
         for regime in regimes:
-            if regime == "fewshot" and t.get("fewshot_from", "largest") == "largest" \
+            if regime == "fewshot" and t.fewshot_from == "largest" \
                     and name not in largest[pcfg.source_name][1]:
                 continue
             extra = {"model": {"name": pcfg.model.name, "init_from": str(RunDir(out / "runs" / name).ckpt)},
                      "source_domain": pcfg.source_domain, "seed": pcfg.seed,
                      "seeds": fs_seeds if regime == "fewshot" else []}
             tname, cfg = transfer_cfg(regime, extra, f"tr-{regime}-{name}")
-            subs = [f"{tname}-k{k}-s{s}" for k in cfg.shots for s in cfg.seeds] if regime == "fewshot" else [tname]
+            subs = C.run_names(cfg, tname)
             tr.append((tname, cfg, subs))
-    scratch = t.get("scratch") or {}
-    for model in scratch.get("models", []):
-        for regime in scratch.get("regimes", ["full"]):
-            if regime == "fewshot":
-                raise UserError("transfer.scratch.regimes: full and/or linear (few-shot needs a checkpoint)")
-            for seed in sw["seeds"]:
+    for model in t.scratch.models:
+        for regime in t.scratch.regimes:
+            for seed in sw.seeds:
                 extra = {"model": {"name": model, "init_from": ""}, "source_name": "scratch", "seed": int(seed),
                          "seeds": []}
                 tname, cfg = transfer_cfg(regime, extra, f"tr-{regime}-scratch-{model}-s{seed}")
@@ -199,12 +279,8 @@ def expand(sw: dict) -> tuple:
     return pre, tr
 
 
-def _as_list(v) -> list:
-    return v if isinstance(v, list) else [v]
-
-
-def write_configs(sw: dict, pre: list, tr: list) -> dict:
-    cdir = Path(sw["out_dir"]) / "configs"
+def write_configs(sw: Sweep, pre: list, tr: list) -> dict:
+    cdir = Path(sw.out_dir) / "configs"
     paths = {}
     for item in pre + tr:
         name, cfg = item[0], item[1]
@@ -217,7 +293,7 @@ def write_configs(sw: dict, pre: list, tr: list) -> dict:
 
 
 def _done(sw, run_names) -> bool:
-    runs = Path(sw["out_dir"]) / "runs"
+    runs = Path(sw.out_dir) / "runs"
     return all(RunDir(runs / n).is_done() for n in run_names)
 
 
@@ -226,14 +302,14 @@ def run_state(run_dir: Path, now: float) -> tuple:
     return RunDir(run_dir).state(now)
 
 
-def status(sw: dict, pre, tr, out=None) -> int:
+def status(sw: Sweep, pre, tr, out=None) -> int:
     """Print the state of every run of the sweep; 0 when all are done, 1 otherwise."""
     import time
     out = out or sys.stdout
-    runs, now = Path(sw["out_dir"]) / "runs", time.time()
+    runs, now = Path(sw.out_dir) / "runs", time.time()
     order = ("done", "checkpointed", "started", "not started")
     total_done = total = 0
-    print(f"sweep {sw['name']} ({sw['out_dir']}):", file=out)
+    print(f"sweep {sw.name} ({sw.out_dir}):", file=out)
     for stage, names in (("pretrain", [n for n, _ in pre]), ("transfer", [s for *_, subs in tr for s in subs])):
         states = {n: run_state(runs / n, now) for n in names}
         counts = {k: sum(1 for v in states.values() if v[0] == k) for k in order}
@@ -247,17 +323,17 @@ def status(sw: dict, pre, tr, out=None) -> int:
                   file=out)
         total_done += counts["done"]
         total += len(names)
-    res = Path(sw["out_dir"]) / "results.jsonl"
+    res = Path(sw.out_dir) / "results.jsonl"
     n_rows = sum(1 for line in res.open() if line.strip()) if res.is_file() else 0
     print(f"  {total_done} of {total} runs done; {res}: {n_rows} result row(s)", file=out)
     return 0 if total_done == total else 1
 
 
-def run_local(sw: dict, pre, tr, paths, nprocs: int, stage: str, dry: bool) -> int:
+def run_local(sw: Sweep, pre, tr, paths, nprocs: int, stage: str, dry: bool) -> int:
     from covidnetx.launch import mpirun_cmd
     todo_pre = [paths[n] for n, _ in pre if not _done(sw, [n])]
     todo_tr = [paths[n] for n, _, subs in tr if not _done(sw, subs)]
-    print(f"sweep {sw['name']}: {len(pre)} pre-training runs ({len(todo_pre)} to do), {len(tr)} transfer configs "
+    print(f"sweep {sw.name}: {len(pre)} pre-training runs ({len(todo_pre)} to do), {len(tr)} transfer configs "
           f"({sum(len(s) for *_, s in tr)} runs; {len(todo_tr)} configs to do); {nprocs} process(es) per run",
           flush=True)
     stages = [("pretrain", todo_pre), ("transfer", todo_tr)]
@@ -275,14 +351,20 @@ def run_local(sw: dict, pre, tr, paths, nprocs: int, stage: str, dry: bool) -> i
             return r.returncode
     if stage in ("all", "report") and not dry:
         from covidnetx.scaling.report import write_report
-        res = Path(sw["out_dir"]) / "results.jsonl"
-        report = write_report(res, Path(sw["out_dir"]) / "report", metric=sw["fit"].get("metric", "accuracy"),
+        res = Path(sw.out_dir) / "results.jsonl"
+        report = write_report(res, Path(sw.out_dir) / "report", metric=sw.fit.metric,
                               run_ids=[n for n, _ in pre] + [x for *_, subs in tr for x in subs])
         print(f"report: {report}")
     return 0
 
 
 def run(args) -> int:
+    if args.keys:
+        print(C.format_keys(Sweep))
+        return 0
+    if not args.sweep:
+        print("covidnetx sweep: error: give a sweep file (covidnetx sweep --keys lists its keys)", file=sys.stderr)
+        return 2
     try:
         sw = load_sweep(args.sweep)
         pre, tr = expand(sw)
@@ -293,7 +375,7 @@ def run(args) -> int:
         print(f"covidnetx sweep: error: {e}", file=sys.stderr)
         return 2
     if args.executor == "local":
-        return run_local(sw, pre, tr, paths, args.nprocs or int(sw["np"]), args.stage, args.dry_run)
+        return run_local(sw, pre, tr, paths, args.nprocs or sw.np, args.stage, args.dry_run)
     from covidnetx.slurm import submit_chain
     try:
         return submit_chain(sw, pre, tr, paths, args.sweep, dry_run=args.dry_run)

@@ -52,9 +52,28 @@ def test_expansion_counts_and_stable_ids(tmp_path):
     assert len(paths) == len(pre) + len(tr) and all(p.is_file() for p in paths.values())
 
 
-def test_sweep_errors_name_the_key(tmp_path):
-    with pytest.raises(UserError, match="unknown sweep key 'modles'"):
+def test_sweep_errors_name_the_key(tmp_path, capsys):
+    with pytest.raises(UserError, match="unknown sweep key 'modles' \\(did you mean 'models'\\?\\); `covidnetx sweep --keys`"):
         load_sweep(str(_sweep(tmp_path, modles=["x"])))
+    for over, message in [
+        ({"transfer": {"shots": ["five"]}}, "sweep key 'transfer.shots[0]': expected an integer, got 'five'"),
+        ({"transfer": {"regimes": ["full", "probe"]}}, "sweep key 'transfer.regimes': 'probe' is not one of"),
+        ({"sources": {"nat": {"data": ["/d"], "domian": "x"}}}, "unknown sweep key 'sources.nat.domian' (did you mean"),
+        ({"slurm": {"nodes": "two"}}, "sweep key 'slurm.nodes': expected an integer, got 'two'"),
+        ({"slurm": {"nodes": 0}}, "sweep key 'slurm.nodes': 0 is not valid"),
+        ({"sizes": [100], "fractions": [0.5]}, "give one (source sizes in images), not both"),
+        ({"pretrain": {"steps": [10], "epochs": [1]}}, "'pretrain.steps' and 'pretrain.epochs': give one"),
+        ({"target": {"domain": "xray"}}, "sweep key 'target.data' is required"),
+    ]:
+        with pytest.raises(UserError) as e:
+            load_sweep(str(_sweep(tmp_path, **over)))
+        assert message in str(e.value) and "sweep.yaml" in str(e.value), (over, str(e.value))
+    from covidnetx.cli import main
+    assert main(["sweep", "--keys"]) == 0
+    keys = capsys.readouterr().out
+    for line in ("transfer.shots", "sources.NAME.label_space", "slurm.tasks_per_node", "pack[].kind"):
+        assert line in keys, keys
+    assert "labelled images per class" in keys
     bad = _sweep(tmp_path)
     d = yaml.safe_load(bad.read_text())
     d["base"]["optim"]["lrr"] = 1
@@ -110,7 +129,7 @@ def test_status_reports_each_run_and_exits_1_until_all_are_done(tmp_path, capsys
     path = _sweep(tmp_path, transfer={"regimes": ["full"], "config": {"optim": {"steps": 5}}})
     sw = load_sweep(str(path))
     pre, tr = expand(sw)
-    runs = Path(sw["out_dir"]) / "runs"
+    runs = Path(sw.out_dir) / "runs"
     # pre[0] done, pre[1] checkpointed at step 4 (written 2 hours ago), pre[2] started without a checkpoint
     for name, _ in pre[:3]:
         (runs / name).mkdir(parents=True)
@@ -126,7 +145,7 @@ def test_status_reports_each_run_and_exits_1_until_all_are_done(tmp_path, capsys
     assert f"checkpointed {pre[1][0]}: step 4 of 10, last write 2.0 h ago" in out
     assert f"started      {pre[2][0]}: no checkpoint yet, last write 0 min ago" in out
     assert f"transfer: {len(tr)} runs: {len(tr)} not started" in out and f"1 of {len(pre) + len(tr)} runs done" in out
-    assert not (Path(sw["out_dir"]) / "configs").exists()          # a query writes nothing
+    assert not (Path(sw.out_dir) / "configs").exists()          # a query writes nothing
     for name in [n for n, _ in pre] + [s for *_, subs in tr for s in subs]:
         (runs / name).mkdir(parents=True, exist_ok=True)
         (runs / name / "done.json").write_text("{}")

@@ -14,7 +14,6 @@ EXIT_REQUEUE so the job script can requeue.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import signal
 import subprocess
@@ -31,7 +30,7 @@ from covidnetx.dist import to_device
 from covidnetx.eval.metrics import all_metrics, bootstrap_ci, confusion, from_confusion
 from covidnetx.models import count_params, create_model, flops_per_sample, load_state, load_weights
 from covidnetx.results import append_row
-from covidnetx.train.schedule import bit_hyperrule, lr_at
+from covidnetx.train.schedule import resolve_schedule
 from covidnetx.record import RunDir
 from covidnetx.utils import UserError
 
@@ -195,21 +194,9 @@ class Trainer:
             raise UserError("config key 'loss': ce needs multi-class labels; these are multi-label (use bce)")
         self.loss_name = loss
         self.device = dist.device
-        o = cfg.optim
-        rule = bit_hyperrule(len(train_view))
-        use_rule = cfg.task == "transfer" and cfg.hyperrule
-        self.global_batch = o.batch_size * dist.size * o.accum_steps
-        if o.epochs > 0:
-            self.steps = max(1, math.ceil(o.epochs * len(train_view) / self.global_batch))
-        else:
-            self.steps = o.steps or (rule["steps"] if use_rule else 1000)
-        self.warmup = o.warmup_steps if o.warmup_steps >= 0 else (
-            min(rule["warmup"], self.steps // 5) if use_rule else max(1, self.steps // 20))
-        self.decay_at = ([d for d in rule["decay_at"] if d < self.steps] if (use_rule and not o.steps and not o.epochs)
-                         else [int(f * self.steps) for f in o.decay_at])
-        self.mixup = o.mixup if o.mixup >= 0 else (rule["mixup"] if use_rule else 0.0)
         # Horovod: scale the learning rate by the global batch (i.e. by the number of ranks), with warmup
-        self.base_lr = o.lr * self.global_batch / o.base_batch
+        self.sched = resolve_schedule(cfg.optim, len(train_view), dist.size, cfg.task == "transfer" and cfg.hyperrule)
+        self.steps, self.global_batch, self.mixup = self.sched.steps, self.sched.global_batch, self.sched.mixup
         self.pp = Preprocess.from_config(cfg.data)
 
     # ------------------------------------------------------------------------------------------------
@@ -236,9 +223,9 @@ class Trainer:
             params = [p for p in model.parameters() if p.requires_grad]
             o = cfg.optim
             if o.name == "sgd":
-                opt = torch.optim.SGD(params, lr=self.base_lr, momentum=o.momentum, weight_decay=o.weight_decay)
+                opt = torch.optim.SGD(params, lr=self.sched.base_lr, momentum=o.momentum, weight_decay=o.weight_decay)
             else:
-                opt = torch.optim.AdamW(params, lr=self.base_lr, weight_decay=o.weight_decay)
+                opt = torch.optim.AdamW(params, lr=self.sched.base_lr, weight_decay=o.weight_decay)
             if state is not None and state.get("optimizer"):
                 opt.load_state_dict(state["optimizer"])
             if cfg.precision == "fp16" and self.device.type != "cuda":
@@ -254,9 +241,6 @@ class Trainer:
                 self.scaler.load_state_dict(state["scaler"])
         self.model, self.opt, self.start_step, self.how = model, opt, start, how
         self.samples_before = int(state.get("samples_seen", start * self.global_batch)) if state else 0
-
-    def _autocast(self):
-        return autocast(self.cfg.precision, self.device)
 
     def _loss(self, logits, y):
         if self.loss_name == "bce":
@@ -281,19 +265,8 @@ class Trainer:
                 state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "step": step,
                          "samples_seen": samples_seen, "class_names": self.class_names, "config": C.dump(self.cfg),
                          "scaler": self.scaler.state_dict() if self.scaler else None,
-                         "meta": self.meta_for_ckpt(step, samples_seen)}
+                         "meta": checkpoint_meta(self, step, samples_seen)}
                 self.record.save(state, step=step, total_steps=self.steps, samples_seen=samples_seen)
-
-    def meta_for_ckpt(self, step, samples_seen) -> dict:
-        return {"model": self.cfg.model.name, "params": count_params(self.model), "seed": self.cfg.seed,
-                "epochs": samples_seen / len(self.train_view) if len(self.train_view) else None,
-                "source": self.meta.get("source"), "source_fraction": self.meta.get("source_fraction"),
-                "steps": step, "samples_seen": samples_seen,
-                "flops": 3 * self.flops_fwd * samples_seen, "classes": self.class_names,
-                "train_size": len(self.train_view), "source_dirs": list(self.cfg.data.sources),
-                "source_split": self.cfg.data.eval_split or self.cfg.data.train_split,
-                "domain": self.cfg.source_domain, "label_space": self.cfg.data.label_space,
-                "rename": dict(self.cfg.data.rename)}
 
     # ------------------------------------------------------------------------------------------------
     def evaluate(self, step: int, final: bool = True) -> dict:
@@ -307,15 +280,6 @@ class Trainer:
         self.model.train()
         return out
 
-    def result_row(self, metrics: dict, step: int, samples_seen: int, img_per_s: float, final: bool) -> dict:
-        return result_row(self.cfg, self.dist, self.meta, metrics, params=count_params(self.model),
-                          trainable_params=count_params(self.model, trainable_only=True),
-                          train_size=len(self.train_view), steps=step, total_steps=self.steps,
-                          samples_seen=samples_seen, global_batch=self.global_batch,
-                          flops=3 * self.flops_fwd * samples_seen, flops_fwd=self.flops_fwd, img_per_s=img_per_s,
-                          mixup=self.mixup, final=final)
-
-    # ------------------------------------------------------------------------------------------------
     def fit(self) -> dict:
         with STOP:                 # a no-op inside run_configs, which holds the handlers for all its runs
             return self._fit()
@@ -333,148 +297,177 @@ class Trainer:
                 writer = SummaryWriter(str(self.record.tb), purge_step=self.start_step or None)
         if dist.is_primary:
             print(f"[{self.run_dir.name}] {self.how}; {len(self.train_view)} train samples, {self.steps} steps, "
-                  f"global batch {self.global_batch}, lr {self.base_lr:.4g}"
+                  f"global batch {self.global_batch}, lr {self.sched.base_lr:.4g}"
                   f"{f', mixup {self.mixup:g}' if self.mixup > 0 else ''}, {dist.size} rank(s), "
                   f"{count_params(self.model)} params", flush=True)
-        results = cfg.results or str(Path(cfg.out_dir) / "results.jsonl")
-        metrics: dict = {}
-        sync_debug = ""
-        loader = None
+        # COVIDNETX_CUDA_SYNC_DEBUG=warn|error: torch flags every operation in the training loop that makes
+        # the host wait for the GPU (the step should have none; Horovod's wait for the allreduce is not a
+        # torch operation)
+        sync_debug = os.environ.get("COVIDNETX_CUDA_SYNC_DEBUG", "") if self.device.type == "cuda" else ""
+        batches = None
         try:
-            step = self.start_step
-            samples = self.samples_before
+            accum = cfg.optim.accum_steps
             loader = make_loader(cfg.data.loader, self.train_view, self.pp, cfg.optim.batch_size, cfg.seed,
                                  dist.rank, dist.size, workers=cfg.data.workers, train=True,
-                                 start_step=step * cfg.optim.accum_steps,
-                                 steps=(self.steps - step) * cfg.optim.accum_steps, device=cfg.data.device,
-                                 torch_device=self.device)
-            self.model.train()
-            accum = cfg.optim.accum_steps
-            remaining = (self.steps - step) * accum             # batches the loader will yield
-            t_data = t_comp = 0.0
-
-            def fetch():
-                """The next batch on the device (None after the last): called while the device still runs the
-                previous backward pass, so on a GPU loading overlaps compute."""
-                nonlocal remaining, t_data
-                if remaining == 0:
-                    return None
-                remaining -= 1
-                t0 = time.perf_counter()
-                b = next(loader)
-                out = normalize(b["image"], self.pp, self.device), to_device(b["label"], self.device)
-                t_data += time.perf_counter() - t0
-                return out
-            # the losses reach the host by an asynchronous copy that is waited for only after the next batch
-            # is fetched: no host synchronisation between forward and backward (on a GPU a .item() or a
-            # bool() of the loss would stall the CPU until the device is idle); a non-finite loss still
-            # stops the step before the optimizer applies it
-            cuda = self.device.type == "cuda"
-            loss_host = torch.zeros(accum, dtype=torch.float32, pin_memory=cuda)
-            forward_done = torch.cuda.Event() if cuda else None
-            n_timed = 0
-            t_last = time.perf_counter()
-            ahead = fetch()
-            # throughput excludes the first steps (lazy init, autotuning) when the run is long enough
-            warm_until = step + min(5, (self.steps - step) // 4)
-            stop_sum = None            # the ranks' stop flags, summed while the previous step ran
-            # COVIDNETX_CUDA_SYNC_DEBUG=warn|error: torch flags every operation in the training loop that
-            # makes the host wait for the GPU (the step itself should have none; Horovod's wait for the
-            # allreduce is not a torch operation)
-            sync_debug = os.environ.get("COVIDNETX_CUDA_SYNC_DEBUG", "") if cuda else ""
+                                 start_step=self.start_step * accum, steps=(self.steps - self.start_step) * accum,
+                                 device=cfg.data.device, torch_device=self.device)
+            batches = DeviceBatches(loader, (self.steps - self.start_step) * accum, self.pp, self.device)
+            batches.advance()
             if sync_debug:
                 torch.cuda.set_sync_debug_mode(sync_debug)
-            while step < self.steps:
-                if step == warm_until:
-                    t_last, n_timed = time.perf_counter(), 0
-                if stop_sum is not None and stop_sum()[0] > 0:
-                    self.save(step, samples)
-                    raise Interrupted(step)
-                stop_sum = self._stop_flag()
-                lr = lr_at(step, base=self.base_lr, steps=self.steps, warmup=self.warmup,
-                           schedule=cfg.optim.schedule, decay_at=self.decay_at)
-                for g in self.opt.param_groups:
-                    g["lr"] = lr
-                t_step, data_before = time.perf_counter(), t_data
-                for micro in range(accum):
-                    x, y = ahead
-                    if self.mixup > 0:
-                        x, perm, lam = mixup_batch(x, self.mixup, [cfg.seed, step, micro, dist.rank])
-                    with self._autocast():
-                        logits = self.model(x)
-                    if self.mixup > 0:
-                        loss = self._mixed_loss(logits, y, perm, lam)
-                    else:
-                        loss = self._loss(logits, y)
-                    loss_host[micro].copy_(loss.detach().float(), non_blocking=True)
-                    if forward_done is not None:
-                        forward_done.record()
-                    scaled = loss / accum
-                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                    ahead = fetch()
-                if forward_done is not None:
-                    forward_done.synchronize()       # the last forward pass, not the backward passes after it
-                losses = loss_host.tolist()
-                for v in losses:
-                    if not np.isfinite(v):
-                        raise FloatingPointError(f"non-finite loss ({v}) at step {step}, rank {dist.rank}")
-                loss_sum = sum(losses)
-                dist.step(self.model, self.opt, self.scaler, cfg.optim.grad_clip)
-                t_comp += time.perf_counter() - t_step - (t_data - data_before)
-                step += 1
-                samples += self.global_batch
-                n_timed += 1
-                if dist.is_primary and (step % cfg.log_every == 0 or step == self.steps):
-                    now = time.perf_counter()
-                    ips = n_timed * self.global_batch / max(1e-9, now - t_last)
-                    writer.add_scalar("train/loss", loss_sum / accum, step)
-                    writer.add_scalar("train/lr", lr, step)
-                    writer.add_scalar("train/img_per_s", ips, step)
-                    writer.add_scalar("train/data_time_frac", t_data / max(1e-9, t_data + t_comp), step)
-                if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < self.steps:
-                    self.save(step, samples)
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < self.steps:
-                    m = self.evaluate(step, final=False)
-                    with dist.phase():
-                        if dist.is_primary:
-                            self._log_eval(writer, m, step, results, samples, 0.0, final=False)
-            if stop_sum is not None:
-                stop_sum()             # a signal during the last step: the run is complete anyway
-            elapsed = time.perf_counter() - t_last
-            img_per_s = n_timed * self.global_batch / max(1e-9, elapsed) if n_timed else 0.0
-            self.save(step, samples)
-            metrics = self.evaluate(step)
-            metrics["ranks_in_sync"] = self.ranks_in_sync()
-            with dist.phase():
-                if dist.is_primary:
-                    row = self._log_eval(writer, metrics, step, results, samples, img_per_s, final=True)
-                    self.record.finish(row)
-                    print(f"[{self.run_dir.name}] done at step {step}: " + ", ".join(
-                        f"{k} {metrics[k]:.4f}" for k in ("accuracy", "balanced_accuracy", "auc")
-                        if isinstance(metrics.get(k), float)) + f"; {img_per_s:.1f} img/s", flush=True)
+            step, samples, img_per_s = self._train(batches, writer)
+            return self._finish(step, samples, img_per_s, writer)
         finally:
             if sync_debug:
                 torch.cuda.set_sync_debug_mode(0)
             if writer is not None:
                 writer.close()
-            if hasattr(loader, "close"):
-                loader.close()             # its worker processes end now, also after an error
+            if batches is not None:
+                batches.close()            # the loader's worker processes end now, also after an error
+
+    def _train(self, batches: "DeviceBatches", writer) -> tuple:
+        """The training loop from ``start_step`` to the end: (step, samples seen, img/s)."""
+        cfg, dist = self.cfg, self.dist
+        step, samples = self.start_step, self.samples_before
+        self.model.train()
+        # the losses reach the host by an asynchronous copy that is waited for only after the next batch is
+        # fetched: no host synchronisation between forward and backward (on a GPU a .item() or a bool() of
+        # the loss would stall the CPU until the device is idle); a non-finite loss still stops the step
+        # before the optimizer applies it
+        cuda = self.device.type == "cuda"
+        loss_host = torch.zeros(cfg.optim.accum_steps, dtype=torch.float32, pin_memory=cuda)
+        forward_done = torch.cuda.Event() if cuda else None
+        t_comp, n_timed, t_last = 0.0, 0, time.perf_counter()
+        # throughput excludes the first steps (lazy init, autotuning) when the run is long enough
+        warm_until = step + min(5, (self.steps - step) // 4)
+        stop_sum = None            # the ranks' stop flags, summed while the previous step ran
+        while step < self.steps:
+            if step == warm_until:
+                t_last, n_timed = time.perf_counter(), 0
+            if stop_sum is not None and stop_sum()[0] > 0:
+                self.save(step, samples)
+                raise Interrupted(step)
+            stop_sum = self._stop_flag()
+            lr = self.sched.lr(step, cfg.optim.schedule)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            t_step, data_before = time.perf_counter(), batches.data_time
+            loss = self._step(step, batches, loss_host, forward_done)
+            t_comp += time.perf_counter() - t_step - (batches.data_time - data_before)
+            step += 1
+            samples += self.global_batch
+            n_timed += 1
+            if dist.is_primary and (step % cfg.log_every == 0 or step == self.steps):
+                ips = n_timed * self.global_batch / max(1e-9, time.perf_counter() - t_last)
+                for tag, v in (("loss", loss), ("lr", lr), ("img_per_s", ips),
+                               ("data_time_frac", batches.data_time / max(1e-9, batches.data_time + t_comp))):
+                    writer.add_scalar(f"train/{tag}", v, step)
+            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < self.steps:
+                self.save(step, samples)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < self.steps:
+                m = self.evaluate(step, final=False)
+                with dist.phase():
+                    if dist.is_primary:
+                        self._log_eval(writer, m, step, samples, 0.0, final=False)
+        if stop_sum is not None:
+            stop_sum()             # a signal during the last step: the run is complete anyway
+        elapsed = time.perf_counter() - t_last
+        return step, samples, (n_timed * self.global_batch / max(1e-9, elapsed) if n_timed else 0.0)
+
+    def _step(self, step: int, batches: "DeviceBatches", loss_host, forward_done) -> float:
+        """One optimizer step over ``accum_steps`` micro-batches; the mean loss."""
+        cfg, accum = self.cfg, self.cfg.optim.accum_steps
+        for micro in range(accum):
+            x, y = batches.current
+            if self.mixup > 0:
+                x, perm, lam = mixup_batch(x, self.mixup, [cfg.seed, step, micro, self.dist.rank])
+            with autocast(cfg.precision, self.device):
+                logits = self.model(x)
+            loss = self._mixed_loss(logits, y, perm, lam) if self.mixup > 0 else self._loss(logits, y)
+            loss_host[micro].copy_(loss.detach().float(), non_blocking=True)
+            if forward_done is not None:
+                forward_done.record()
+            scaled = loss / accum
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            batches.advance()          # while the device still runs this backward pass
+        if forward_done is not None:
+            forward_done.synchronize()       # the last forward pass, not the backward passes after it
+        losses = loss_host.tolist()
+        for v in losses:
+            if not np.isfinite(v):
+                raise FloatingPointError(f"non-finite loss ({v}) at step {step}, rank {self.dist.rank}")
+        self.dist.step(self.model, self.opt, self.scaler, cfg.optim.grad_clip)
+        return sum(losses) / accum
+
+    def _finish(self, step: int, samples: int, img_per_s: float, writer) -> dict:
+        """The last checkpoint, the final evaluation, the result row and done.json."""
+        dist = self.dist
+        self.save(step, samples)
+        metrics = self.evaluate(step)
+        metrics["ranks_in_sync"] = ranks_in_sync(self.model, dist)
+        with dist.phase():
+            if dist.is_primary:
+                row = self._log_eval(writer, metrics, step, samples, img_per_s, final=True)
+                self.record.finish(row)
+                print(f"[{self.run_dir.name}] done at step {step}: " + ", ".join(
+                    f"{k} {metrics[k]:.4f}" for k in ("accuracy", "balanced_accuracy", "auc")
+                    if isinstance(metrics.get(k), float)) + f"; {img_per_s:.1f} img/s", flush=True)
         return metrics
 
-    def ranks_in_sync(self) -> bool:
-        """True when every rank holds bit-identical parameters and buffers (compares per-rank checksums)."""
-        with torch.no_grad():
-            flat = torch.cat([p.detach().double().reshape(-1).cpu()
-                              for p in [*self.model.parameters(), *self.model.buffers()]])
-            w = torch.arange(1, flat.numel() + 1, dtype=torch.float64).remainder_(97).add_(1)
-            sums = np.array([[flat.sum().item(), (flat * flat).sum().item(), (flat * w).sum().item()]])
-        allv = self.dist.allgather(sums)
-        return bool(np.all(allv == allv[0]))
-
-    def _log_eval(self, writer, m, step, results, samples, img_per_s, final) -> dict:
+    def _log_eval(self, writer, m, step, samples, img_per_s, final) -> dict:
         for k, v in m.items():
             if isinstance(v, float) and np.isfinite(v) and "/" not in k and not k.endswith(("_lo", "_hi")):
                 writer.add_scalar(f"eval/{k}", v, step)
-        row = self.result_row(m, step, samples, img_per_s, final)
-        append_row(results, row)
+        row = result_row(self.cfg, self.dist, self.meta, m, params=count_params(self.model),
+                         trainable_params=count_params(self.model, trainable_only=True),
+                         train_size=len(self.train_view), steps=step, total_steps=self.steps, samples_seen=samples,
+                         global_batch=self.global_batch, flops=3 * self.flops_fwd * samples,
+                         flops_fwd=self.flops_fwd, img_per_s=img_per_s, mixup=self.mixup, final=final)
+        append_row(self.cfg.results or str(Path(self.cfg.out_dir) / "results.jsonl"), row)
         return row
+
+
+def checkpoint_meta(t: Trainer, step: int, samples_seen: int) -> dict:
+    """What a checkpoint says of its run (read by transfer runs initialised from it, and by reports)."""
+    cfg, n = t.cfg, len(t.train_view)
+    return {"model": cfg.model.name, "params": count_params(t.model), "seed": cfg.seed,
+            "epochs": samples_seen / n if n else None, "source": t.meta.get("source"),
+            "source_fraction": t.meta.get("source_fraction"), "steps": step, "samples_seen": samples_seen,
+            "flops": 3 * t.flops_fwd * samples_seen, "classes": t.class_names, "train_size": n,
+            "source_dirs": list(cfg.data.sources), "source_split": cfg.data.eval_split or cfg.data.train_split,
+            "domain": cfg.source_domain, "label_space": cfg.data.label_space, "rename": dict(cfg.data.rename)}
+
+
+def ranks_in_sync(model: nn.Module, dist) -> bool:
+    """True when every rank holds bit-identical parameters and buffers (compares per-rank checksums)."""
+    with torch.no_grad():
+        flat = torch.cat([p.detach().double().reshape(-1).cpu() for p in [*model.parameters(), *model.buffers()]])
+        w = torch.arange(1, flat.numel() + 1, dtype=torch.float64).remainder_(97).add_(1)
+        sums = np.array([[flat.sum().item(), (flat * flat).sum().item(), (flat * w).sum().item()]])
+    allv = dist.allgather(sums)
+    return bool(np.all(allv == allv[0]))
+
+
+class DeviceBatches:
+    """The training batches on the device, one ahead of the step that uses them: ``advance`` is called
+    while the device still runs the previous backward pass, so on a GPU loading overlaps compute.
+    ``data_time`` is the host time spent waiting for batches."""
+
+    def __init__(self, loader, n: int, pp: Preprocess, device: torch.device):
+        self.loader, self.remaining, self.pp, self.device = loader, n, pp, device
+        self.data_time = 0.0
+        self.current = None         # call advance() for the first batch
+
+    def advance(self) -> None:
+        if self.remaining == 0:
+            self.current = None
+            return
+        self.remaining -= 1
+        t0 = time.perf_counter()
+        b = next(self.loader)
+        self.current = normalize(b["image"], self.pp, self.device), to_device(b["label"], self.device)
+        self.data_time += time.perf_counter() - t0
+
+    def close(self) -> None:
+        if hasattr(self.loader, "close"):
+            self.loader.close()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 
 def bit_hyperrule(n_train: int) -> dict:
@@ -26,3 +27,39 @@ def lr_at(step: int, *, base: float, steps: int, warmup: int, schedule: str, dec
         t = (step - warmup) / max(1, steps - warmup)
         return base * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
     return base
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A run's resolved optimisation schedule (no "unset" values left)."""
+    steps: int
+    warmup: int
+    decay_at: tuple
+    mixup: float
+    global_batch: int
+    base_lr: float
+
+    def lr(self, step: int, schedule: str) -> float:
+        return lr_at(step, base=self.base_lr, steps=self.steps, warmup=self.warmup, schedule=schedule,
+                     decay_at=self.decay_at)
+
+
+def resolve_schedule(optim, n_train: int, world_size: int, use_hyperrule: bool) -> Schedule:
+    """Steps, warmup, LR decay points and MixUp for a run on ``n_train`` samples and ``world_size`` ranks:
+    the config's values where set, BiT-HyperRule's for transfer (``use_hyperrule``) where left at their
+    "unset" defaults (steps 0, warmup -1, mixup -1), else 1000 steps, 5% warmup and no MixUp. The learning
+    rate is scaled by the global batch (Horovod's rule: base_lr x global batch / base batch)."""
+    rule = bit_hyperrule(n_train)
+    global_batch = optim.batch_size * world_size * optim.accum_steps
+    if optim.epochs > 0:
+        steps = max(1, math.ceil(optim.epochs * n_train / global_batch))
+    else:
+        steps = optim.steps or (rule["steps"] if use_hyperrule else 1000)
+    warmup = optim.warmup_steps if optim.warmup_steps >= 0 else (
+        min(rule["warmup"], steps // 5) if use_hyperrule else max(1, steps // 20))
+    if use_hyperrule and not optim.steps and not optim.epochs:
+        decay_at = tuple(d for d in rule["decay_at"] if d < steps)
+    else:
+        decay_at = tuple(int(f * steps) for f in optim.decay_at)
+    mixup = optim.mixup if optim.mixup >= 0 else (rule["mixup"] if use_hyperrule else 0.0)
+    return Schedule(steps, warmup, decay_at, float(mixup), global_batch, optim.lr * global_batch / optim.base_batch)

@@ -109,8 +109,6 @@ def _init_meta(path: str) -> dict:
     return ck.get("meta", {}) if isinstance(ck, dict) else {}
 
 
-def _seeded(cfg: C.Config, name: str, seed: int, extra=()) -> C.Config:
-    return C.load_config(base=C.to_dict(cfg), overrides=[f"run_name={name}", f"seed={seed}", "seeds=[]", *extra])
 
 
 def plan_runs(cfg: C.Config) -> list:
@@ -123,8 +121,9 @@ def plan_runs(cfg: C.Config) -> list:
 
     def per_seed(name, meta):
         if not cfg.seeds:
-            return [(C.load_config(base=C.to_dict(cfg), overrides=[f"run_name={name}"]), meta, None)]
-        return [(_seeded(cfg, f"{name}-s{s}", s), meta, None) for s in seeds]
+            return [(C.copy_with(cfg, run_name=name), meta, None)]
+        return [(C.copy_with(cfg, run_name=sub, seed=s, seeds=[]), meta, None)
+                for sub, s in zip(C.run_names(cfg, name), seeds)]
     if cfg.task == "pretrain":
         name = cfg.run_name or f"pretrain-{cfg.model.name}-{base_hash}"
         meta = {"source": cfg.source_name or _name(cfg), "source_fraction": cfg.data.fraction,
@@ -146,12 +145,12 @@ def plan_runs(cfg: C.Config) -> list:
     train, _, _ = _views(cfg)
     if train.label_kind != "multiclass":
         raise UserError("few-shot transfer needs a multi-class target")
+    names = iter(C.run_names(cfg, cfg.run_name or f"transfer-fewshot-{cfg.model.name}-{base_hash}"))
     runs = []
     for k in cfg.shots:
         for seed in seeds:
             idx = few_shot(train.labels, train.class_names, k, seed)
-            name = f"{cfg.run_name or f'transfer-fewshot-{cfg.model.name}-{base_hash}'}-k{k}-s{seed}"
-            sub = _seeded(cfg, name, seed, [f"shots=[{k}]"])
+            sub = C.copy_with(cfg, run_name=next(names), seed=seed, seeds=[], shots=[k])
             runs.append((sub, {**meta, "shots": k}, idx))
     return runs
 
