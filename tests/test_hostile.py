@@ -413,3 +413,42 @@ def test_a_read_only_output_folder(tmp_path):
         assert list(ro.iterdir()) == []
     finally:
         undo()
+
+
+def test_training_refuses_bad_labels_truncated_shards_and_garbage_weights(tmp_path, capsys):
+    """A label outside the classes (in a shard whose listed checksum was made to match: a packer bug or a
+    hand-edited dataset), a truncated shard, and a file that is not a checkpoint given as init_from or
+    resume: each one error naming the file, and no run is recorded."""
+    import h5py
+    from covidnetx.utils import atomic_write_json, sha256_file
+    data = tmp_path / "data"
+    run_cli("pack", "csv", _raw(tmp_path, GOOD), data, "--no-progress", "--splits", "1,0,0")
+    shard = next((data / "shards").glob("train-*.h5"))
+    pristine = shard.read_bytes()
+    with h5py.File(shard, "r+") as f:
+        f["label"][2] = 5
+    index = load_index(data)
+    entry = index["splits"]["train"]["shards"][0]
+    entry["sha256"], entry["bytes"] = sha256_file(shard), shard.stat().st_size
+    atomic_write_json(data / "index.json", index)
+    out = tmp_path / "runs"
+    common = ["backend=none", "data.eval_split=", "bootstrap=0"]
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_text("not a checkpoint\n")
+    cases = [
+        ([], data, f"{shard}: sample 2 has label 5, outside the 2 classes of {data}:train"),
+        ([f"model.init_from={garbage}", "run_name=g1"], None, f"weights file '{garbage}' is not readable"),
+        ([f"resume={garbage}", "run_name=g2"], None, f"config key 'resume': checkpoint '{garbage}' is not readable"),
+        (["run_name=t"], "truncate", f"{shard}: shard 0 of {data}:train does not match its checksum"),
+    ]
+    for extra, prepare, message in cases:
+        if prepare is None:
+            shard.write_bytes(pristine)
+            entry["sha256"], entry["bytes"] = sha256_file(shard), shard.stat().st_size
+            atomic_write_json(data / "index.json", index)
+        elif prepare == "truncate":
+            shard.write_bytes(pristine[: len(pristine) // 2])
+        assert main(pretrain_args(data, out, steps=1, extra=common + extra)) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and err.count("error:") == 1, err
+    assert not (out / "results.jsonl").exists() and not list(out.rglob("done.json"))
