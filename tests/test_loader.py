@@ -102,7 +102,7 @@ def test_opencv_upscaling_matches_the_torch_reference(monkeypatch, channels):
     """Crops that grow on both axes go through OpenCV's bilinear kernel (no antialiasing needed), the rest
     through torch's antialiased one, and rotations through warpAffine; switched off, everything takes
     torch's kernels: the two agree to a level."""
-    from covidnetx.data import loader
+    from covidnetx.data import transforms as loader
     cv2 = pytest.importorskip("cv2", reason="opencv-python-headless not installed (make setup installs it)")
     rng = np.random.default_rng(0)
     img = cv2.GaussianBlur(rng.integers(0, 256, (64, 80, channels), dtype=np.uint8), (5, 5), 1.5)

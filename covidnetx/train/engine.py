@@ -1,7 +1,7 @@
 """One training engine for pre-training and every transfer regime.
 
 Horovod's steps, in order (each marked ``# Horovod:``): init and device pinning happen in ``dist.init``;
-data is sharded by global rank (covidnetx.data.loader); the LR is scaled by the global batch with a
+data is sharded by global rank (covidnetx.data.sampling); the LR is scaled by the global batch with a
 linear warmup; parameters and optimizer state (a resumed one; loaded before) are broadcast from rank 0;
 the optimizer is wrapped in DistributedOptimizer, which keeps that state. Only rank 0 writes
 (TensorBoard, checkpoints, results); all ranks meet after checkpoints and evaluations.
@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from covidnetx import config as C
-from covidnetx.data.loader import Preprocess, make_loader, normalize
+from covidnetx.data.loader import make_loader
+from covidnetx.data.transforms import Preprocess, normalize
 from covidnetx.dist import to_device
 from covidnetx.eval.metrics import all_metrics, bootstrap_ci, confusion, from_confusion
 from covidnetx.models import count_params, create_model, flops_per_sample, load_state, load_weights

@@ -45,7 +45,7 @@ def run(args) -> int:
     from covidnetx import dist as D
     from covidnetx.dist import fail_alone
     from covidnetx.data.compose import Mixture
-    from covidnetx.data.loader import Preprocess
+    from covidnetx.data.transforms import Preprocess
     from covidnetx.models import create_model, load_state
     from covidnetx.results import json_safe
     from covidnetx.train.engine import evaluate_model

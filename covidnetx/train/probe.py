@@ -36,7 +36,8 @@ import torch
 from covidnetx import config as C
 from covidnetx.data.compose import Mixture
 from covidnetx.data.hdf5 import PackedDataset, index_path
-from covidnetx.data.loader import Preprocess, make_loader, normalize
+from covidnetx.data.loader import make_loader
+from covidnetx.data.transforms import Preprocess, normalize
 from covidnetx.eval.metrics import all_metrics, bootstrap_ci
 from covidnetx.models import count_params, create_model, flops_per_sample, load_state, load_weights
 from covidnetx.utils import UserError, atomic_write_bytes, atomic_write_json, sha256_file
