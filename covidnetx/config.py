@@ -5,6 +5,7 @@ in every run directory and every checkpoint, and its hash identifies the run.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -330,8 +331,6 @@ def merge(a: dict, b: dict) -> dict:
 
 def copy_with(cfg: Config, **changes) -> Config:
     """A copy of ``cfg`` with top-level keys changed (``dataclasses.replace``), validated."""
-    import dataclasses
-    import copy
     return validate(dataclasses.replace(copy.deepcopy(cfg), **changes))
 
 

@@ -115,29 +115,55 @@ class Dist:
 
     def step(self, model: torch.nn.Module, optimizer, scaler=None, clip: float = 0.0) -> None:
         """One optimizer step on the gradients averaged over ranks: unscaled (fp16 loss scaling) and
-        clipped to norm ``clip`` where asked, then zeroed. The backend's own order of operations lives
-        here, so the training loop is the same under every launcher."""
+        clipped to norm ``clip`` where asked, then zeroed. The backend's order of operations lives here
+        (``_wait_for_grads``, ``_stepping``), so the training loop is the same under every launcher."""
         self.sync_grads(model)
+        touch = scaler is not None or bool(clip)       # the averaged gradients are read before the step
+        if touch:
+            self._wait_for_grads(optimizer)
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        with self._stepping(optimizer, touch):
+            if scaler is not None:
+                scaler.step(optimizer)
+            else:
+                optimizer.step()
         if scaler is not None:
-            scaler.unscale_(optimizer)
-        if clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        if scaler is not None:
-            scaler.step(optimizer)
             scaler.update()
-        else:
-            optimizer.step()
         optimizer.zero_grad()
+
+    def _wait_for_grads(self, optimizer) -> None:
+        """Before the averaged gradients are read: nothing to wait for here (sync_grads averaged them)."""
+
+    def _stepping(self, optimizer, waited: bool):
+        return contextlib.nullcontext()
 
     def shutdown(self) -> None:
         pass
 
 
-def fail_alone(dist, label: str, message: str, code: int) -> int:
-    """A failure outside any error agreement, so possibly on this rank alone (a training step, a loader,
-    a collective): the message with its rank, then the whole job ends (the other ranks may be waiting
-    in a collective for this one). A single process just returns ``code``."""
-    if dist is None or dist.size == 1:
+def end_on_error(dist, label: str, e: Exception, code: Optional[int] = None) -> int:
+    """The one message and the exit code (``code``; else 2 for a UserError, 1 for anything else) for an
+    error that ended ``covidnetx LABEL``. An AgreedError, raised by every rank together, is printed by
+    rank 0 and returned. Any other error may be this rank's alone (a training step, a loader, a
+    collective): it is printed with the rank and the whole job ends, since the other ranks may be
+    waiting in a collective for this one. A single process returns the code; an unexpected exception
+    there keeps its traceback (re-raised)."""
+    code = code if code is not None else (2 if isinstance(e, UserError) else 1)
+    alone = dist is None or dist.size == 1
+    if isinstance(e, AgreedError):
+        if dist is None or dist.is_primary:
+            print(f"covidnetx {label}: error: {e}", file=sys.stderr)
+        return code
+    if isinstance(e, (UserError, FloatingPointError)):
+        message = str(e)
+    elif alone:
+        raise e
+    else:
+        message = f"{type(e).__name__}: {e}\n{''.join(traceback.format_exception(e))}"
+    if alone:
         print(f"covidnetx {label}: error: {message}", file=sys.stderr)
         return code
     print(f"covidnetx {label}: error: rank {dist.rank}: {message}", file=sys.stderr, flush=True)
@@ -246,26 +272,14 @@ class HorovodDist(Dist):
             wrapped.load_state_dict(state)
         return wrapped
 
-    def step(self, model, optimizer, scaler=None, clip=0.0):
-        # Horovod: the DistributedOptimizer's allreduces start in backward; step() waits for them. To
-        # touch the averaged gradients first (unscale, clip), wait explicitly, then step without a second
-        # wait (Horovod's synchronize / skip_synchronize pattern for AMP and gradient clipping)
-        if scaler is None and not clip:
-            optimizer.step()
-        else:
-            optimizer.synchronize()
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            with optimizer.skip_synchronize():
-                if scaler is not None:
-                    scaler.step(optimizer)
-                else:
-                    optimizer.step()
-            if scaler is not None:
-                scaler.update()
-        optimizer.zero_grad()
+    # Horovod: the DistributedOptimizer's allreduces start in backward and step() waits for them. To read
+    # the averaged gradients first (unscale, clip), wait explicitly, then step without a second wait
+    # (Horovod's synchronize / skip_synchronize pattern for AMP and gradient clipping)
+    def _wait_for_grads(self, optimizer):
+        optimizer.synchronize()
+
+    def _stepping(self, optimizer, waited):
+        return optimizer.skip_synchronize() if waited else contextlib.nullcontext()
 
     def shutdown(self):
         self.hvd.shutdown()

@@ -35,9 +35,7 @@ def settings(sw) -> dict:
     (generic: 1 task and 1 CPU per node, no GPU; juwels: 4 tasks, 4 GPUs and 12 CPUs per task), this
     Python and this folder where left empty."""
     import dataclasses
-    s = dataclasses.asdict(sw.slurm)
-    if s["template"] not in TEMPLATES:
-        raise UserError(f"slurm.template {s['template']!r}: use one of {', '.join(TEMPLATES)}")
+    s = dataclasses.asdict(sw.slurm)            # the template name was checked with the sweep file
     juwels = s["template"] == "juwels"
     for key, generic, booster in (("tasks_per_node", 1, 4), ("gpus_per_node", 0, 4), ("cpus_per_task", 1, 12)):
         s[key] = s[key] or (booster if juwels else generic)

@@ -219,13 +219,14 @@ def run(args) -> int:
     sources = {n: (packed[n], srcs[n][1]) for n in srcs}
     sweep = write_sweep(out, preset, sources, target, args)
     from covidnetx import sweep as S
+    from covidnetx.record import RunDir
     sw = S.load_sweep(str(sweep))
     pre, tr = S.expand(sw)
     paths = S.write_configs(sw, pre, tr)
     if args.executor == "slurm":
         from covidnetx.slurm import submit_chain
         return submit_chain(sw, pre, tr, paths, str(sweep))
-    done_before = sum(S.run_state(Path(sw.out_dir) / "runs" / n, time.time())[0] == "done"
+    done_before = sum(RunDir(Path(sw.out_dir) / "runs" / n).is_done()
                       for n in [n for n, _ in pre] + [x for *_, subs in tr for x in subs])
     for stage in ("pretrain", "transfer"):
         code = S.run_local(sw, pre, tr, paths, args.nprocs, stage, False)

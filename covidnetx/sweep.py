@@ -297,11 +297,6 @@ def _done(sw, run_names) -> bool:
     return all(RunDir(runs / n).is_done() for n in run_names)
 
 
-def run_state(run_dir: Path, now: float) -> tuple:
-    """(state, detail) of one run directory: done | checkpointed | started | not started."""
-    return RunDir(run_dir).state(now)
-
-
 def status(sw: Sweep, pre, tr, out=None) -> int:
     """Print the state of every run of the sweep; 0 when all are done, 1 otherwise."""
     import time
@@ -311,7 +306,7 @@ def status(sw: Sweep, pre, tr, out=None) -> int:
     total_done = total = 0
     print(f"sweep {sw.name} ({sw.out_dir}):", file=out)
     for stage, names in (("pretrain", [n for n, _ in pre]), ("transfer", [s for *_, subs in tr for s in subs])):
-        states = {n: run_state(runs / n, now) for n in names}
+        states = {n: RunDir(runs / n).state(now) for n in names}
         counts = {k: sum(1 for v in states.values() if v[0] == k) for k in order}
         print(f"  {stage}: {len(names)} runs: " + ", ".join(f"{counts[k]} {k}" for k in order if counts[k]), file=out)
         for n, (state, detail) in states.items():

@@ -218,3 +218,18 @@ def test_fewshot_with_fewer_examples_than_ranks(packed, tmp_path):
     [row] = load_results(tmp_path / "results.jsonl")
     assert row["world_size"] == 4 and row["train_size"] == 3 and row["shots"] == 1 and row["steps"] == 3
     assert row["ranks_in_sync"] is True and row["source"] == "scratch"
+
+
+def test_gradient_clipping_under_horovod(packed, tmp_path):
+    """optim.grad_clip under mpirun -np 2 with Horovod: the step waits for the averaged gradients, clips them
+    and steps without a second wait (Dist.step). A clip too large to bind gives exactly the weights of no
+    clip (the gradients are averaged once, not twice, on that path); a small one changes them."""
+    def weights(clip):
+        out = tmp_path / f"clip-{clip}"
+        _mpirun(pretrain_args(packed / "nat", out, steps=4, extra=["backend=horovod", "data.eval_split=",
+                                                                   f"optim.grad_clip={clip}"]))
+        return torch.load(out / "pre" / "last.ckpt", weights_only=True)["model"]
+    free, loose, tight = weights(0), weights(1e9), weights(0.05)
+    floats = [k for k in free if free[k].is_floating_point()]
+    assert all(torch.equal(free[k], loose[k]) for k in floats)
+    assert any(not torch.allclose(free[k], tight[k]) for k in floats)

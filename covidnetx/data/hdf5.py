@@ -145,10 +145,13 @@ def count_classes(labels: np.ndarray, sources: Sequence[str], class_names: Seque
     that the sidecars, index.json and ``covidnetx verify`` all use. A multi-label image counts once for
     each positive class. Multi-class labels outside the classes raise ValueError."""
     counts = {} if counts is None else counts
+    if label_kind == "multiclass":
+        bad = bad_labels(np.asarray(labels), len(class_names))
+        if bad.size:
+            raise ValueError(f"sample {int(bad[0])} has label {int(labels[bad[0]])}, outside the "
+                             f"{len(class_names)} classes")
     for lab, src in zip(labels, sources):
         if label_kind == "multiclass":
-            if not 0 <= int(lab) < len(class_names):
-                raise ValueError(f"label {int(lab)} out of range")
             names = [class_names[int(lab)]]
         else:
             names = [c for c, v in zip(class_names, lab) if v == 1.0]
@@ -156,6 +159,16 @@ def count_classes(labels: np.ndarray, sources: Sequence[str], class_names: Seque
             d = counts.setdefault(c, {})
             d[src] = d.get(src, 0) + 1
     return counts
+
+
+def bad_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Positions of multi-class labels outside [0, num_classes)."""
+    return np.flatnonzero((labels < 0) | (labels >= num_classes))
+
+
+def shard_intact(path: Path, entry: dict) -> bool:
+    """A shard file is what index.json lists: its size (when listed) and its SHA-256."""
+    return path.stat().st_size == entry.get("bytes", path.stat().st_size) and sha256_file(path) == entry["sha256"]
 
 
 def merge_counts(into: dict, counts: dict) -> dict:
@@ -211,7 +224,7 @@ def check_shard(root: str | os.PathLike, entry: dict, label_kind: str, class_nam
     f = Path(root) / entry["file"]
     if not f.is_file():
         return [f"{entry['file']}: missing"], {}, set()
-    if sha256_file(f) != entry["sha256"]:
+    if not shard_intact(f, entry):
         return [f"{entry['file']}: checksum mismatch (file changed or corrupt)"], {}, set()
     problems = []
     with h5py.File(f, "r") as h:
@@ -327,13 +340,13 @@ class PackedDataset:
             key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
             if key in _VERIFIED:
                 continue
-            if st.st_size != sh.get("bytes", st.st_size) or sha256_file(f) != sh["sha256"]:
+            if not shard_intact(f, sh):
                 raise UserError(f"{f}: shard {k} of {where} does not match its checksum in {INDEX_NAME} (changed "
                                 f"or damaged since it was packed); `covidnetx verify {self.root}` checks every "
                                 "shard; repack, or set data.verify=false to read it anyway")
             if self.label_kind == "multiclass":
                 labels = self._file(k)["label"][()]
-                bad = np.flatnonzero((labels < 0) | (labels >= self.num_classes))
+                bad = bad_labels(labels, self.num_classes)
                 if bad.size:
                     raise UserError(f"{f}: sample {int(bad[0])} has label {int(labels[bad[0]])}, outside the "
                                     f"{self.num_classes} classes of {where}")

@@ -31,8 +31,8 @@ from covidnetx.dist import to_device
 from covidnetx.eval.metrics import all_metrics, bootstrap_ci, confusion, from_confusion
 from covidnetx.models import count_params, create_model, flops_per_sample, load_state, load_weights
 from covidnetx.results import append_row
-from covidnetx.train.schedule import resolve_schedule
 from covidnetx.record import RunDir
+from covidnetx.train.schedule import resolve_schedule
 from covidnetx.utils import UserError
 
 EXIT_REQUEUE = 75           # EX_TEMPFAIL: "saved, run me again"
@@ -207,7 +207,7 @@ class Trainer:
             torch.manual_seed(cfg.seed)
             model = create_model(cfg.model.name, len(self.class_names))
             self.flops_fwd = flops_per_sample(model, cfg.data.image_size)
-            start, state, how = 0, None, "scratch"
+            start = 0
             state, how = self.record.resume_from(cfg.resume)
             if state is None and cfg.model.init_from:
                 ck = load_weights(model, cfg.model.init_from, drop_head=cfg.model.drop_head)

@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
 from pathlib import Path
 from typing import Optional
 
 from covidnetx import config as C
-from covidnetx.utils import AgreedError, UserError, atomic_write_json, run_main
+from covidnetx.utils import UserError, atomic_write_json, run_main
 
 SUMMARY = ("n", "accuracy", "balanced_accuracy", "auc", "ap")
 
@@ -43,7 +42,7 @@ def _load_checkpoint(path: str) -> dict:
 def run(args) -> int:
     import yaml
     from covidnetx import dist as D
-    from covidnetx.dist import fail_alone
+    from covidnetx.dist import end_on_error
     from covidnetx.data.compose import Mixture
     from covidnetx.data.transforms import Preprocess
     from covidnetx.models import create_model, load_state
@@ -82,16 +81,8 @@ def run(args) -> int:
                 print("covidnetx evaluate: " + ", ".join(f"{k} {metrics[k]:.4f}" if isinstance(metrics.get(k), float)
                                                          else f"{k} {metrics.get(k)}" for k in SUMMARY),
                       file=sys.stderr)
-    except AgreedError as e:
-        if dist.is_primary:
-            print(f"covidnetx evaluate: error: {e}", file=sys.stderr)
-        return 2
-    except UserError as e:
-        return fail_alone(dist, "evaluate", str(e), 2)
     except Exception as e:  # noqa: BLE001 - on one rank alone the others would wait in a collective
-        if dist.size == 1:
-            raise
-        return fail_alone(dist, "evaluate", f"{type(e).__name__}: {e}\n{traceback.format_exc()}", 1)
+        return end_on_error(dist, "evaluate", e)
     finally:
         dist.shutdown()
     return 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +20,7 @@ from covidnetx import config as C
 from covidnetx.data.compose import Mixture, few_shot
 from covidnetx.data.hdf5 import PackedDataset, index_path
 from covidnetx.record import CONFIG, RunDir, load_checkpoint
-from covidnetx.utils import AgreedError, UserError, ensure_writable_dir
+from covidnetx.utils import UserError, ensure_writable_dir
 
 EXIT_NONFINITE = 3
 
@@ -109,8 +108,6 @@ def _init_meta(path: str) -> dict:
     return ck.get("meta", {}) if isinstance(ck, dict) else {}
 
 
-
-
 def plan_runs(cfg: C.Config) -> list:
     """[(config, meta, subset indices or None)] for one command: one run per seed (``seeds``; [] = one
     run with ``seed``), and for few-shot one per (shots, seed). With several seeds the runs are named
@@ -196,8 +193,7 @@ def run_one(cfg: C.Config, meta: dict, subset, dist, force: bool = False) -> dic
     run_dir = Path(cfg.out_dir) / cfg.run_name
     with dist.phase():
         check_run_dir(cfg, run_dir, dist, force)
-    done = None
-    with dist.phase():
+    with dist.phase():                    # after the one above: a --force removal is complete on rank 0
         done = RunDir(run_dir).result()
         if done is None:
             train, ev, val = _views(cfg)          # reads and checks the shards
@@ -258,7 +254,7 @@ def run_configs(cfgs: list, label: str, force: bool = False) -> int:
     """Run configs one after another in this launcher invocation (the distributed backend is started
     once; few-shot configs expand to shots x seeds runs). Finished runs are skipped."""
     from covidnetx import dist as D
-    from covidnetx.dist import fail_alone
+    from covidnetx.dist import end_on_error
     from covidnetx.train.engine import EXIT_REQUEUE, STOP, Interrupted
     set_threads(cfgs[0])
     dist = None
@@ -275,14 +271,8 @@ def run_configs(cfgs: list, label: str, force: bool = False) -> int:
                         raise Interrupted(None, sub.run_name)
                     run_one(sub, meta, subset, dist, force)
             return 0
-        except AgreedError as e:                    # every rank raised it: one message, a normal exit
-            if dist.is_primary:
-                print(f"covidnetx {label}: error: {e}", file=sys.stderr)
-            return 2
-        except UserError as e:
-            return fail_alone(dist, label, str(e), 2)
         except FloatingPointError as e:
-            return fail_alone(dist, label, str(e), EXIT_NONFINITE)
+            return end_on_error(dist, label, e, EXIT_NONFINITE)
         except Interrupted as e:
             if dist.is_primary:
                 where = (f"before run {e.args[1]} started" if e.args[0] is None
@@ -290,10 +280,8 @@ def run_configs(cfgs: list, label: str, force: bool = False) -> int:
                 print(f"covidnetx {label}: interrupted {where}, exit {EXIT_REQUEUE} (requeue to continue)",
                       file=sys.stderr, flush=True)
             return EXIT_REQUEUE
-        except Exception as e:  # noqa: BLE001 - the last resort: on one rank alone, the others would wait
-            if dist is None or dist.size == 1:
-                raise
-            return fail_alone(dist, label, f"{type(e).__name__}: {e}\n{traceback.format_exc()}", 1)
+        except Exception as e:  # noqa: BLE001 - UserErrors and the last resort: see end_on_error
+            return end_on_error(dist, label, e)
         finally:
             if dist is not None:
                 dist.shutdown()
