@@ -28,7 +28,7 @@ demo: setup
 bench: setup
 	$(PY) benchmarks/pack.py
 	$(PY) benchmarks/loader.py
-	$(PY) benchmarks/train.py --no-loaders
+	$(PY) benchmarks/train.py
 	$$($(PY) -c "from covidnetx.launch import mpirun_cmd; print(' '.join(mpirun_cmd(2)))") $(PY) benchmarks/allreduce.py
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/project.py

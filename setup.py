@@ -14,7 +14,7 @@ setup(
     package_data={"covidnetx": ["configs/*.yaml"], "covidnetx.jobscripts": ["*.tmpl", "*.sh", "*.sbatch"]},
     install_requires=[
         "numpy", "h5py>=3.10", "pyyaml", "pillow", "opencv-python-headless", "tqdm", "torch", "torchvision",
-        "mpi4py>=4.0", "tensorboard", "scipy", "scikit-learn", "matplotlib",
+        "mpi4py>=4.0", "tensorboard", "scipy", "scikit-learn", "matplotlib", "timm==1.0.29", "safetensors",
     ],
     extras_require={
         # horovod is built against the installed torch by .ci/setup_env.sh (see README)

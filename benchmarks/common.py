@@ -45,8 +45,9 @@ def hardware_tag() -> str:
 def write_csv(path: Path, rows: list) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(".tmp." + path.name)
+    fields = list(dict.fromkeys(k for r in rows for k in r))      # every row's columns, first seen first
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, path)

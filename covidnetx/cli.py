@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "sweep": ("covidnetx.sweep", "expand a sweep file into runs; execute locally or as a chain of Slurm jobs"),
     "fit": ("covidnetx.scaling.fitcmd", "fit scaling laws to a results table or CSV (refuses what the data cannot support)"),
     "report": ("covidnetx.scaling.report", "write the Markdown report: tables, fits, plots"),
+    "launch-check": ("covidnetx.launch_check", "what every rank of a launch sees (node, local rank, GPU) and a checked allreduce"),
     "bench": ("covidnetx.bench", "run a benchmark from benchmarks/ (pack, loader, train, allreduce, scaling, project, probe, gpu_check)"),
     "study": ("covidnetx.study", "a whole transfer-scaling study from a preset (synthetic, real images, demo)"),
     "demo": ("covidnetx.demo", "the main job: the demo study on built-in generated data"),

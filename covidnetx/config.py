@@ -56,14 +56,14 @@ class OptimConfig:
     momentum: float = 0.9          # sgd momentum
     weight_decay: float = 0.0      # sgd: L2 added to the gradient; adamw: decoupled
     batch_size: int = 32           # per rank
-    steps: int = 0                 # 0 = from epochs, else BiT-HyperRule (transfer) / 1000 (pre-training)
+    steps: int = 0                 # 0 = from epochs, else BiT-HyperRule (transfer) / 1000 (pre-training); resolved when the run starts
     epochs: float = 0.0            # > 0: steps = ceil(epochs x training-set size / global batch) (steps must be 0)
-    warmup_steps: int = -1         # -1 = BiT-HyperRule / 5% of steps
+    warmup_steps: int = -1         # -1 = BiT-HyperRule / 5% of steps; resolved when the run starts
     schedule: str = "step"         # step (/10 at decay points) | cosine | constant
-    decay_at: List[float] = field(default_factory=lambda: [0.4, 0.6, 0.8])   # fractions of steps
+    decay_at: List[float] = field(default_factory=list)   # fractions of steps; [] = BiT-HyperRule's (transfer, steps unset) else 0.4, 0.6, 0.8
     accum_steps: int = 1           # gradient accumulation (Horovod backward_passes_per_step)
     grad_clip: float = 0.0         # clip the gradient norm to this (0 = off)
-    mixup: float = -1.0            # -1 = BiT-HyperRule (0.1 at >= 20k examples, else 0)
+    mixup: float = -1.0            # -1 = BiT-HyperRule (0.1 at >= 20k examples, else 0); resolved when the run starts
 
 
 @dataclass
@@ -212,7 +212,7 @@ RANGES = {
     "optim.momentum": (0, 1, True, False), "optim.weight_decay": (0, INF, True, False),
     "optim.batch_size": (1, INF, True, False), "optim.steps": (0, INF, True, False),
     "optim.epochs": (0, INF, True, False), "optim.warmup_steps": (-1, INF, True, False),
-    "optim.decay_at": (0, 1, False, False), "optim.accum_steps": (1, INF, True, False),
+    "optim.decay_at": (0, 1, True, False), "optim.accum_steps": (1, INF, True, False),
     "optim.grad_clip": (0, INF, True, False), "optim.mixup": (-1, INF, True, False),
     "data.fraction": (0, 1, False, True), "data.workers": (0, INF, True, False),
     "data.image_size": (1, INF, True, False), "data.resize_size": (0, INF, True, False),
@@ -393,6 +393,29 @@ HASH_FREE = ("out_dir", "results", "resume", "run_name", "eval_every", "ckpt_eve
              "feature_cache", "data.verify")
 # ... and, for a run directory and its resumption, also these
 RUN_KEYS_FREE = HASH_FREE + ("data.workers", "seeds")
+
+
+# keys whose default means "decided when the run starts" (from the training-set size and the number of
+# ranks: BiT-HyperRule, epochs): a run's saved config.yaml holds the values it ran with instead
+RESOLVED_AT_START = {"optim.steps": 0, "optim.warmup_steps": -1, "optim.mixup": -1.0, "optim.decay_at": []}
+
+
+def unresolved_keys(cfg: Config) -> tuple:
+    """The keys of ``cfg`` still to be decided when its run starts (``epochs`` with ``steps``: they
+    resolve to a number of steps)."""
+    flat = flatten(to_dict(cfg))
+    keys = [k for k, v in RESOLVED_AT_START.items() if flat[k] == v]
+    if "optim.steps" in keys and cfg.optim.epochs > 0:
+        keys.append("optim.epochs")
+    return tuple(keys)
+
+
+def with_schedule(cfg: Config, sched) -> Config:
+    """``cfg`` with its schedule resolved (``sched``: train.schedule.Schedule): steps, warmup, MixUp and
+    the decay points as fractions, so the saved config says what ran and reruns it as it ran."""
+    optim = dataclasses.replace(cfg.optim, steps=sched.steps, epochs=0.0, warmup_steps=sched.warmup,
+                                mixup=sched.mixup, decay_at=list(sched.decay_fractions))
+    return copy_with(cfg, optim=optim)
 
 
 def differences(a: Config, b: Config, ignore=RUN_KEYS_FREE) -> list:

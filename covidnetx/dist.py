@@ -102,7 +102,7 @@ class Dist:
     def broadcast_state(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> None:
         pass
 
-    def wrap_optimizer(self, optimizer, model, accum_steps: int, fp16_allreduce: bool):
+    def wrap_optimizer(self, optimizer, model, accum_steps: int, fp16_allreduce: bool, process_set=None, prefix=""):
         return optimizer
 
     def broadcast_buffers(self, model: torch.nn.Module) -> None:
@@ -207,7 +207,7 @@ def _check_gloo_env(env) -> None:
 class HorovodDist(Dist):
     backend = "horovod"
 
-    def __init__(self, want_device: str):
+    def __init__(self, want_device: str, process_sets=()):
         try:
             import horovod.torch as hvd
         except ImportError as e:
@@ -215,7 +215,7 @@ class HorovodDist(Dist):
                             f"or use backend=torch/none") from None
         self.hvd = hvd
         _check_gloo_env(os.environ)
-        hvd.init()                                                   # Horovod: initialize
+        hvd.init(process_sets=list(process_sets) or None)           # Horovod: initialize
         world = World(hvd.rank(), hvd.size(), hvd.local_rank())
         super().__init__(world, _pick_device(hvd.local_rank(), want_device))  # Horovod: pin device by local rank
 
@@ -259,13 +259,16 @@ class HorovodDist(Dist):
         if buffers:
             self.hvd.broadcast_parameters(buffers, root_rank=0)
 
-    def wrap_optimizer(self, optimizer, model, accum_steps, fp16_allreduce):
-        # Horovod: wrap the optimizer (allreduce of gradients, optional fp16 compression, accumulation)
+    def wrap_optimizer(self, optimizer, model, accum_steps, fp16_allreduce, process_set=None, prefix=""):
+        # Horovod: wrap the optimizer (allreduce of gradients, optional fp16 compression, accumulation);
+        # ``process_set`` and a name ``prefix`` let several models reduce over different sets of ranks
+        # (the step benchmark's interleaved phases)
         compression = self.hvd.Compression.fp16 if fp16_allreduce else self.hvd.Compression.none
-        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        params = [(prefix + n, p) for n, p in model.named_parameters() if p.requires_grad]
         state = optimizer.state_dict()
         wrapped = self.hvd.DistributedOptimizer(optimizer, named_parameters=params, compression=compression,
-                                                backward_passes_per_step=accum_steps, op=self.hvd.Average)
+                                                backward_passes_per_step=accum_steps, op=self.hvd.Average,
+                                                process_set=process_set or self.hvd.global_process_set)
         # the wrapper is a new optimizer built from the param groups alone: carry a resumed state over
         # (momentum buffers, Adam moments), or a resumed run would restart them from zero
         if state["state"]:

@@ -5,7 +5,7 @@ A run directory ``OUT/RUN_NAME/`` holds::
     config.yaml     the resolved config (a rerun under the same name must match it)
     last.ckpt       the latest checkpoint (model, optimizer, step, samples seen, classes, config, metadata)
     progress.json   a few bytes beside it: step, total steps, samples seen, time (read without unpickling)
-    done.json       the run's result row, written last: a run is finished exactly when this exists
+    done.json       the run's result row (``ResultRow``), written last: a run is finished exactly when this exists
     tb/             TensorBoard events
     head.npz, probe.json   a linear probe's head and its trials (probe runs)
 
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from covidnetx.results import ResultRow, json_safe
 from covidnetx.utils import UserError, atomic_write_bytes, atomic_write_json
 
 CONFIG = "config.yaml"
@@ -95,15 +96,16 @@ class RunDir:
     def is_done(self) -> bool:
         return (self.path / DONE).is_file()
 
-    def result(self) -> Optional[dict]:
+    def result(self) -> Optional[ResultRow]:
         """The finished run's result row, or None while it is not finished."""
         p = self.path / DONE
         if not p.is_file():
             return None
         try:
-            return json.loads(p.read_text())
+            d = json.loads(p.read_text())
         except ValueError as e:
             raise UserError(f"{p}: unreadable ({e}); delete it to run again") from None
+        return ResultRow.from_dict(d, str(p))
 
     def progress(self) -> Optional[dict]:
         try:
@@ -141,6 +143,19 @@ class RunDir:
             return "checkpointed", f"step unknown, {activity}"
         return "started", f"no checkpoint yet, {activity}"
 
+    def check_resolved(self, cfg) -> None:
+        """Before a run resumes here: the config resolved for this start (schedule from the training-set
+        size and the ranks) is the one the run was started with; else one UserError naming the keys."""
+        from covidnetx import config as C
+        if not self.config.is_file():
+            return
+        saved = C.load_config(str(self.config))
+        diff = C.differences(saved, cfg, ignore=C.RUN_KEYS_FREE + C.unresolved_keys(saved))
+        if diff:
+            raise UserError(f"run directory {self.path} was started with another resolved schedule ("
+                            f"{'; '.join(diff[:6])}): the training set or the number of ranks changed; choose "
+                            "another run_name, or pass --force to start over")
+
     # -- writing (rank 0) --
     def write_config(self, text: str) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -152,6 +167,6 @@ class RunDir:
         atomic_write_json(self.path / PROGRESS, {"step": step, "total_steps": total_steps,
                                                  "samples_seen": samples_seen, "time": time.time()})
 
-    def finish(self, row: dict) -> None:
+    def finish(self, row: ResultRow) -> None:
         """Mark the run finished with its result row (after the row is in the results table)."""
-        atomic_write_json(self.path / DONE, row)
+        atomic_write_json(self.path / DONE, json_safe(row.as_dict()))

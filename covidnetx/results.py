@@ -1,4 +1,4 @@
-"""The results table: one JSON object per line, append-only.
+"""The results table: one JSON object per line, append-only, each line one ``ResultRow``.
 
 Appends from many concurrent jobs (array tasks on a shared file system) never lose or tear a row: each
 row is one ``write`` of one line on an ``O_APPEND`` descriptor, under an exclusive ``flock`` on a lock
@@ -6,20 +6,144 @@ file beside the table, followed by ``fsync``.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import json
 import math
 import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from covidnetx.utils import UserError, write_failure
 
-REQUIRED_FIELDS = (
-    "run_id", "task", "model", "params", "source", "source_fraction", "target", "regime", "shots", "seed",
-    "world_size", "global_batch", "steps", "samples_seen", "flops", "img_per_s", "git_sha", "config_hash",
-    "accuracy", "balanced_accuracy", "auc", "ap",
-)
+SCHEMA_VERSION = 1      # raise when a field is renamed, removed or changes meaning (adding one does not)
+
+
+@dataclass(frozen=True)
+class ResultRow(Mapping):
+    """One finished (or intermediate) evaluation of a run: what ran, on what, at what cost, and how it
+    scored. The engine and the linear probe write it; ``report``, ``fit`` and ``sweep --status`` read it.
+    On disk it is one flat JSON object: these fields, ``schema``, and the evaluation's further metrics
+    (95% intervals ``*_ci_lo/hi``, ``n``, ``n_classes``, per-class ``sensitivity/C`` and ``ppv/C``,
+    ``collapsed``, probe details) from ``extra``. Fields read as a mapping too (``row["accuracy"]``,
+    ``row.get("auc_ci_lo")``), so the analysis reads covidnetx rows and any other table alike."""
+    run_id: str
+    task: str                          # pretrain | transfer
+    model: str
+    params: int
+    trainable_params: int
+    source: Optional[str]              # source composition label (transfer: of the checkpoint; None = scratch)
+    source_fraction: Optional[float]
+    target: Optional[str]
+    regime: str                        # pretrain | full | linear | fewshot
+    shots: Optional[int]               # few-shot: examples per class
+    seed: int
+    pretrain_seed: Optional[int]
+    world_size: int
+    global_batch: int
+    steps: int                         # steps done when this row was written
+    total_steps: int
+    samples_seen: int
+    train_size: int
+    epochs: Optional[float]
+    flops: float                       # training FLOPs of this run (3 x forward x samples seen)
+    flops_per_sample_fwd: int
+    pretrain_flops: Optional[float]    # transfer rows: of the checkpoint they start from
+    pretrain_steps: Optional[int]
+    pretrain_train_size: Optional[int]
+    pretrain_epochs: Optional[float]
+    source_domain: Optional[str]
+    target_domain: Optional[str]
+    domain_pair: Optional[str]         # intra | inter | None
+    img_per_s: float
+    precision: str
+    mixup: float
+    loader: str
+    backend: str
+    eval_split: str
+    git_sha: Optional[str]
+    config_hash: str
+    final: bool                        # the run's last row (False: an evaluation during the run)
+    time: float
+    align_ref: Optional[float]
+    align_norm: Optional[float]
+    logme: Optional[float]
+    n: Optional[int]                   # evaluated samples (None: no evaluation split)
+    n_classes: Optional[int]
+    accuracy: Optional[float]
+    balanced_accuracy: Optional[float]
+    auc: Optional[float]
+    ap: Optional[float]
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        flat = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        clash = sorted(set(flat) & set(self.extra) | ({"schema"} & set(self.extra)))
+        if clash:
+            raise ValueError(f"result row: extra metrics reuse field names {clash}")
+        object.__setattr__(self, "_flat", {"schema": SCHEMA_VERSION, **flat, **self.extra})
+
+    @classmethod
+    def build(cls, **values) -> "ResultRow":
+        """A row from keyword values: the fields by name, anything else into ``extra``."""
+        names = FIELD_NAMES
+        return cls(**{k: v for k, v in values.items() if k in names},
+                   extra={k: v for k, v in values.items() if k not in names})
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> "ResultRow":
+        """A row read back from the table (``where`` names file and line in errors): the schema version,
+        every field present with its type."""
+        if not isinstance(d, dict):
+            raise UserError(f"{where}: a result row is a JSON object, not {type(d).__name__}")
+        version = d.get("schema", 1)       # rows of the first layout carried no version
+        if version != SCHEMA_VERSION:
+            raise UserError(f"{where}: result row schema {version!r}; this covidnetx reads schema {SCHEMA_VERSION}")
+        missing = [k for k in FIELD_NAMES if k not in d]
+        if missing:
+            raise UserError(f"{where}: result row lacks {', '.join(missing)}")
+        for k in FIELD_NAMES:
+            if not _has_type(d[k], FIELD_TYPES[k]):
+                raise UserError(f"{where}: result row key {k!r} is {d[k]!r}, expected {_type_name(FIELD_TYPES[k])}")
+        return cls.build(**{k: v for k, v in d.items() if k != "schema"})
+
+    def as_dict(self) -> dict:
+        return dict(self._flat)
+
+    def __getitem__(self, key):
+        return self._flat[key]
+
+    def __iter__(self):
+        return iter(self._flat)
+
+    def __len__(self):
+        return len(self._flat)
+
+
+FIELD_TYPES = {k: v for k, v in typing.get_type_hints(ResultRow).items() if k != "extra"}
+FIELD_NAMES = tuple(FIELD_TYPES)
+
+
+def _has_type(v, t) -> bool:
+    if typing.get_origin(t) is typing.Union:
+        return any(_has_type(v, a) for a in typing.get_args(t))
+    if t is type(None):
+        return v is None
+    if t is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if t is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, t)
+
+
+def _type_name(t) -> str:
+    if typing.get_origin(t) is typing.Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(t))
+    return "null" if t is type(None) else t.__name__
 
 
 def json_safe(v):
@@ -35,13 +159,15 @@ def json_safe(v):
     return v
 
 
-def append_row(path: str | os.PathLike, row: dict) -> None:
-    missing = [k for k in REQUIRED_FIELDS if k not in row]
-    if missing:
-        raise ValueError(f"result row lacks fields {missing}")
+def append_row(path: str | os.PathLike, row: ResultRow) -> None:
+    """Append one row (one locked ``O_APPEND`` write of one line, then ``fsync``)."""
+    if not isinstance(row, ResultRow):
+        raise TypeError(f"append_row takes a ResultRow, not {type(row).__name__}")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(json_safe(row), sort_keys=True, allow_nan=False) + "\n").encode()
+    flat = json_safe(row.as_dict())
+    ResultRow.from_dict(flat, f"result row of {row.run_id!r}")    # what a reader will check, checked now
+    line = (json.dumps(flat, sort_keys=True, allow_nan=False) + "\n").encode()
     try:
         with open(p.with_name(p.name + ".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -65,16 +191,22 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
         raise UserError(write_failure(p, e)) from None
 
 
-def load_results(path: str | os.PathLike) -> list:
+def read_jsonl(path: str | os.PathLike, what: str = "results table") -> list:
+    """(line number, object) of each non-empty line; an unreadable line is one UserError naming it."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"results table {p} not found")
-    rows = []
+        raise UserError(f"{what} {p} not found")
+    out = []
     for n, line in enumerate(p.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            out.append((n, json.loads(line)))
         except json.JSONDecodeError as e:
             raise UserError(f"{p}:{n}: unreadable result row ({e})") from None
-    return rows
+    return out
+
+
+def load_results(path: str | os.PathLike) -> list:
+    """Every row of a covidnetx results table as a checked ``ResultRow``."""
+    return [ResultRow.from_dict(d, f"{path}:{n}") for n, d in read_jsonl(path)]

@@ -43,6 +43,9 @@ def settings(sw) -> dict:
         for key in ("account", "partition"):
             if not s[key]:
                 raise UserError(f"slurm.{key} is required for the juwels template")
+        if s["tasks_per_node"] != s["gpus_per_node"]:
+            raise UserError(f"slurm: the juwels template runs one task per GPU (srun --gpus-per-task=1); "
+                            f"tasks_per_node {s['tasks_per_node']} differs from gpus_per_node {s['gpus_per_node']}")
     s["python"] = s["python"] or sys.executable
     s["workdir"] = s["workdir"] or str(Path.cwd())
     return s

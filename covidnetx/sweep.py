@@ -24,6 +24,7 @@ import yaml
 
 from covidnetx import config as C
 from covidnetx.record import RunDir
+from covidnetx.results import load_results
 from covidnetx.utils import UserError, atomic_write_bytes
 
 @dataclass
@@ -312,6 +313,11 @@ def status(sw: Sweep, pre, tr, out=None) -> int:
         for n, (state, detail) in states.items():
             if state in ("checkpointed", "started"):
                 print(f"    {state:<12} {n}: {detail}", file=out)
+        # finished runs read back as typed result rows: those that predict one class for every image
+        collapsed = [n for n, v in states.items() if v[0] == "done" and RunDir(runs / n).result().get("collapsed")]
+        if collapsed:
+            print(f"    collapsed (one class predicted for every image): {', '.join(collapsed[:8])}"
+                  + (f" and {len(collapsed) - 8} more" if len(collapsed) > 8 else ""), file=out)
         waiting = [n for n, v in states.items() if v[0] == "not started"]
         if waiting:
             print(f"    not started: {', '.join(waiting[:8])}" + (f" and {len(waiting) - 8} more" if len(waiting) > 8 else ""),
@@ -319,8 +325,9 @@ def status(sw: Sweep, pre, tr, out=None) -> int:
         total_done += counts["done"]
         total += len(names)
     res = Path(sw.out_dir) / "results.jsonl"
-    n_rows = sum(1 for line in res.open() if line.strip()) if res.is_file() else 0
-    print(f"  {total_done} of {total} runs done; {res}: {n_rows} result row(s)", file=out)
+    rows = load_results(res) if res.is_file() else []          # checked row by row: a damaged table is named
+    print(f"  {total_done} of {total} runs done; {res}: {len(rows)} result row(s), "
+          f"{sum(r.final for r in rows)} final", file=out)
     return 0 if total_done == total else 1
 
 

@@ -1,11 +1,15 @@
-"""A real one-node Slurm cluster (munged + slurmctld + slurmd from Debian's packages) in a temp folder,
-started and stopped by the tests. Configuration as recorded in ../shared/INSTALL-NOTES.md."""
+"""A real Slurm cluster (munged + slurmctld + one slurmd per node, from Debian's packages) in a temp folder,
+started and stopped by the tests: by default two nodes on this host (n1, n2: ``slurmd -N``, own ports,
+spool and TmpFS) with two fake GPUs each (character devices listed in gres.conf: Slurm sets
+CUDA_VISIBLE_DEVICES, no GPU is behind them). MPI between the fake nodes goes over TCP (their shared
+memory segments would collide). Configuration as recorded in ../shared/INSTALL-NOTES.md."""
 from __future__ import annotations
 
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -30,20 +34,38 @@ def _exe(name):
 
 
 class LocalSlurm:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, nodes: int = 2, gpus_per_node: int = 2):
         self.root = Path(root)
         self.host = socket.gethostname().split(".")[0]
-        self.env = dict(os.environ)
+        self.nodes = [f"n{i}" for i in range(1, nodes + 1)]
+        self.gpus = gpus_per_node
+        # TCP between the fake nodes; Open MPI as root
+        self.env = {**os.environ, "OMPI_MCA_btl": "self,tcp", "OMPI_MCA_btl_tcp_if_include": "lo",
+                    "OMPI_MCA_oob_tcp_if_include": "lo"}
 
     def _node_line(self) -> str:
         out = subprocess.run([_exe("slurmd"), "-C"], capture_output=True, text=True).stdout.splitlines()[0]
         fields = dict(f.split("=", 1) for f in out.split())
-        mem = int(int(fields.get("RealMemory", "2048")) * 0.9)
-        return f"NodeName={self.host} CPUs={fields.get('CPUs', '2')} RealMemory={mem} State=UNKNOWN"
+        mem = int(int(fields.get("RealMemory", "2048")) * 0.9) // len(self.nodes)
+        last = 17000 + len(self.nodes)
+        return (f"NodeName=n[1-{len(self.nodes)}] NodeHostname={self.host} NodeAddr=127.0.0.1 Port=[17001-{last}] "
+                f"CPUs={fields.get('CPUs', '2')} RealMemory={mem}"
+                + (f" Gres=gpu:{self.gpus}" if self.gpus else "") + " State=UNKNOWN")
+
+    def _fake_gpus(self) -> list:
+        """gres.conf lines: per node, GPU 'devices' that are /dev/null's character device (1, 3)."""
+        lines = []
+        for n in self.nodes:
+            for g in range(self.gpus):
+                dev = self.root / "dev" / f"{n}-gpu{g}"
+                if not dev.exists():
+                    os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+                lines.append(f"NodeName={n} Name=gpu File={dev}")
+        return lines
 
     def start(self) -> "LocalSlurm":
         r = self.root
-        for d in ("munge", "state", "spool", "log", "run", "tmp"):
+        for d in ("munge", "state", "log", "run", "dev") + tuple(f"{k}/{n}" for k in ("spool", "tmp") for n in self.nodes):
             (r / d).mkdir(parents=True, exist_ok=True)
         os.chmod(r / "munge", 0o700)
         key = r / "munge" / "munge.key"
@@ -62,23 +84,29 @@ class LocalSlurm:
             "SelectTypeParameters=CR_Core", "SchedulerParameters=bf_interval=1,sched_interval=1",
             "DependencyParameters=kill_invalid_depend", "MpiDefault=pmix", "ReturnToService=2",
             "SlurmdParameters=config_overrides", "EnforcePartLimits=ALL", "MinJobAge=60", "KillWait=5",
-            f"StateSaveLocation={r / 'state'}", f"SlurmdSpoolDir={r / 'spool'}",
-            f"SlurmctldPidFile={r / 'run/slurmctld.pid'}", f"SlurmdPidFile={r / 'run/slurmd.pid'}",
-            f"SlurmctldLogFile={r / 'log/slurmctld.log'}", f"SlurmdLogFile={r / 'log/slurmd.log'}",
-            f"TmpFS={r / 'tmp'}", "SlurmctldPort=6817", "SlurmdPort=6818",
+            f"StateSaveLocation={r / 'state'}", f"SlurmdSpoolDir={r / 'spool'}/%n",
+            f"SlurmctldPidFile={r / 'run/slurmctld.pid'}", f"SlurmdPidFile={r / 'run'}/slurmd-%n.pid",
+            f"SlurmctldLogFile={r / 'log/slurmctld.log'}", f"SlurmdLogFile={r / 'log'}/slurmd-%n.log",
+            f"TmpFS={r / 'tmp'}/%n", "SlurmctldPort=6817"] + (["GresTypes=gpu"] if self.gpus else []) + [
             self._node_line(), "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
+        if self.gpus:
+            (r / "gres.conf").write_text("\n".join(self._fake_gpus()) + "\n")
         self.env["SLURM_CONF"] = str(conf)
         os.environ["SLURM_CONF"] = str(conf)
         subprocess.run([_exe("slurmctld")], check=True, env=self.env, capture_output=True)
-        subprocess.run([_exe("slurmd")], check=True, env=self.env, capture_output=True)
+        for n in self.nodes:
+            subprocess.run([_exe("slurmd"), "-N", n], check=True, env=self.env, capture_output=True)
         deadline = time.time() + 60
         while time.time() < deadline:
-            st = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=self.env).stdout.strip()
-            if st.startswith("idle"):
+            out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True,
+                                 env=self.env).stdout.split()
+            states = dict(zip(out[::2], out[1::2]))
+            if len(states) == len(self.nodes) and all(v.startswith("idle") for v in states.values()):
                 return self
-            if st.startswith(("down", "drain")):
-                subprocess.run(["scontrol", "update", f"NodeName={self.host}", "State=RESUME"], env=self.env,
-                               capture_output=True)
+            for n, v in states.items():
+                if v.startswith(("down", "drain")):
+                    subprocess.run(["scontrol", "update", f"NodeName={n}", "State=RESUME"], env=self.env,
+                                   capture_output=True)
             time.sleep(0.5)
         raise RuntimeError(f"slurm node never became idle; logs in {r / 'log'}")
 
@@ -103,7 +131,7 @@ class LocalSlurm:
 
     def stop(self) -> None:
         subprocess.run(["scancel", "--user=root"], env=self.env, capture_output=True)
-        for pidfile in ("slurmd.pid", "slurmctld.pid", "munged.pid"):
+        for pidfile in [f"slurmd-{n}.pid" for n in self.nodes] + ["slurmctld.pid", "munged.pid"]:
             p = self.root / "run" / pidfile
             if p.is_file():
                 try:

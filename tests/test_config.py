@@ -81,3 +81,45 @@ def test_key_reference_covers_every_key_with_its_default_and_a_description(capsy
     assert lines["optim.lr"].split(None, 3)[1:3] == ["float", "0.003"]
     assert lines["optim.lr"].split(None, 3)[3].startswith("per global batch base_batch")
     assert "list[float]  [0.5, 0.5, 0.5]" in lines["data.mean"] and lines["data.mean"].endswith("on [0, 1] pixels")
+
+
+@pytest.mark.parametrize("n_train", [265, 19_999, 20_000, 499_999, 2_000_000])
+@pytest.mark.parametrize("world", [1, 4])
+@pytest.mark.parametrize("given", [{}, {"optim.steps": 30}, {"optim.epochs": 2.5}, {"optim.warmup_steps": 0},
+                                   {"optim.decay_at": [0.5]}, {"optim.mixup": 0.2}, {"hyperrule": False},
+                                   {"task": "pretrain"}])
+def test_hyperrule_is_resolved_into_the_config_and_reruns_as_it_ran(n_train, world, given):
+    from covidnetx.train.schedule import resolve_schedule
+    ov = [f"{k}={v}" for k, v in {"task": "transfer", **given}.items()]
+    cfg = C.load_config(overrides=ov)
+    hyper = cfg.task == "transfer" and cfg.hyperrule
+    sched = resolve_schedule(cfg.optim, n_train, world, hyper)
+    resolved = C.load_config(base=__import__("yaml").safe_load(C.dump(C.with_schedule(cfg, sched))))
+    assert C.unresolved_keys(resolved) == ()                       # nothing "unset" is saved
+    assert resolve_schedule(resolved.optim, n_train, world, hyper) == sched       # and it reruns as it ran
+    assert C.differences(resolved, cfg, ignore=C.RUN_KEYS_FREE + C.unresolved_keys(cfg)) == []
+    if hyper and not given:          # BiT-HyperRule by training-set size (Kolesnikov et al., table 3 / sec. 3.3)
+        expect = (500, 100, (200, 300, 400), 0.0) if n_train < 20_000 else (
+            (10_000, 500, (3000, 6000, 9000), 0.1) if n_train < 500_000 else (20_000, 500, (6000, 12000, 18000), 0.1))
+        assert (sched.steps, sched.warmup, sched.decay_at, sched.mixup) == expect
+    if "optim.epochs" in given:
+        assert sched.steps == -(-int(2.5 * n_train) // (32 * world)) and "optim.epochs" in C.unresolved_keys(cfg)
+    if given == {"task": "pretrain"}:
+        assert (sched.steps, sched.warmup, sched.decay_at, sched.mixup) == (1000, 50, (400, 600, 800), 0.0)
+    if "optim.decay_at" in given:     # a given value wins over the rule
+        assert sched.decay_at == (sched.steps // 2,)
+    assert sched.base_lr == pytest.approx(0.003 * 32 * world / 512)
+
+
+def test_a_resumed_run_must_resolve_to_the_schedule_it_started_with(tmp_path):
+    from covidnetx.record import RunDir
+    from covidnetx.train.schedule import resolve_schedule
+    cfg = C.load_config(overrides=["task=transfer", "optim.epochs=2"])
+    rd = RunDir(tmp_path / "run")
+    rd.write_config(C.dump(C.with_schedule(cfg, resolve_schedule(cfg.optim, 265, 1, True))))
+    rd.check_resolved(C.with_schedule(cfg, resolve_schedule(cfg.optim, 265, 1, True)))
+    with pytest.raises(UserError, match=r"run directory .*run was started with another resolved schedule "
+                                        r"\(optim.steps: 17 -> 9; optim.warmup_steps: 3 -> 1\)"):
+        rd.check_resolved(C.with_schedule(cfg, resolve_schedule(cfg.optim, 265, 2, True)))
+    rd.write_config(C.dump(cfg))          # a config saved before schedules were resolved: its unset keys match
+    rd.check_resolved(C.with_schedule(cfg, resolve_schedule(cfg.optim, 265, 2, True)))

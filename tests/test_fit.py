@@ -188,11 +188,8 @@ def test_fit_command_error_column_and_bad_rows(tmp_path, capsys):
 
 
 def _row(run_id, **kw):
-    from covidnetx.results import REQUIRED_FIELDS
-    row = {k: None for k in REQUIRED_FIELDS}
-    row.update(run_id=run_id, final=True, time=0, task="transfer", regime="full", shots=None, n_classes=3)
-    row.update(kw)
-    return row
+    from tests.train_helpers import make_row
+    return make_row(run_id, **kw)
 
 
 def test_fit_on_results_leaves_chance_cells_out_and_refuses_a_relabelled_compute_axis(tmp_path):

@@ -66,3 +66,27 @@ def test_gloo_check_accepts_horovodrun_and_refuses_gloo_without_rendezvous():
         _check_gloo_env({"HOROVOD_CPU_OPERATIONS": "GLOO"})
     with pytest.raises(UserError, match="^HOROVOD_CONTROLLER=gloo and HOROVOD_CPU_OPERATIONS=gloo but"):
         _check_gloo_env({"HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo"})
+
+
+def test_launch_check_under_mpirun_and_what_it_refuses():
+    """`covidnetx launch-check` under mpirun -np 2: both ranks, local ranks 0 and 1 on one node, the
+    allreduce checked; and its verdicts on planted bad launches."""
+    need_mpirun()
+    r = subprocess.run(mpirun_cmd(2) + [sys.executable, "-m", "covidnetx.cli", "launch-check"], capture_output=True,
+                       text=True, cwd=REPO, timeout=180)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    [line] = [l for l in r.stdout.splitlines() if l.startswith("LAUNCH ")]
+    d = json.loads(line[7:])
+    assert d["size"] == 2 and d["allreduce_sum"] == 3 and d["problems"] == []
+    assert [(x["rank"], x["local_rank"]) for x in d["ranks"]] == [(0, 0), (1, 1)]
+    assert "rank 1/2: node" in r.stdout
+    from covidnetx.launch_check import problems
+
+    def rank(i, node, local, gpu=None):
+        return {"rank": i, "node": node, "local_rank": local, "gpu_ids": [gpu] if gpu else []}
+    good = [rank(0, "0", 0, "0"), rank(1, "0", 1, "1"), rank(2, "1", 0, "0"), rank(3, "1", 1, "1")]
+    assert problems(good, 10.0) == []
+    assert problems(good, 9.0) == ["allreduce of 1..4 gave 9, not 10"]
+    assert problems([rank(0, "0", 0), rank(1, "0", 0)], 3.0) == ["ranks [0, 1] share node '0' local rank 0"]
+    assert problems([rank(0, "0", 0, "0"), rank(1, "0", 1, "0")], 3.0) == [
+        "ranks [0, 1] of node '0' were given the same GPU 0"]

@@ -5,7 +5,8 @@ import pytest
 
 from covidnetx.eval.metrics import (all_metrics, average_precision, bootstrap_ci, confusion, from_confusion,
                                     roc_auc)
-from covidnetx.results import REQUIRED_FIELDS, append_row, load_results
+from covidnetx.results import append_row, load_results
+from tests.train_helpers import make_row
 
 
 def test_confusion_metrics_by_hand():
@@ -51,9 +52,7 @@ def test_multilabel_masks_unknown_and_bootstrap_brackets():
 
 def _writer(path, tag, n):
     for i in range(n):
-        row = {k: None for k in REQUIRED_FIELDS}
-        row.update(run_id=f"{tag}-{i}", pad="x" * 3000)     # long rows: a torn write would show
-        append_row(path, row)
+        append_row(path, make_row(f"{tag}-{i}", pad="x" * 3000))     # long rows: a torn write would show
 
 
 def test_concurrent_appends_never_tear_or_lose_rows(tmp_path):
@@ -68,7 +67,7 @@ def test_concurrent_appends_never_tear_or_lose_rows(tmp_path):
     rows = load_results(path)
     assert len(rows) == 450
     assert sorted(r["run_id"] for r in rows) == sorted(f"{t}-{i}" for t in "abc" for i in range(150))
-    with pytest.raises(ValueError, match="lacks fields"):
+    with pytest.raises(TypeError, match="takes a ResultRow"):
         append_row(path, {"run_id": "x"})
 
 
@@ -95,3 +94,43 @@ def test_frechet_distance_exact_in_sample_space():
         assert frechet(x, x) == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError, match="equal width"):
         frechet(x, a)
+
+
+def test_result_rows_are_typed_versioned_and_checked_on_read(tmp_path):
+    import json
+    from covidnetx.record import RunDir
+    from covidnetx.results import SCHEMA_VERSION, ResultRow
+    from covidnetx.scaling.table import load_table
+    from covidnetx.utils import UserError
+    path = tmp_path / "results.jsonl"
+    row = make_row("a", accuracy=float("nan"), auc_ci_lo=0.4, **{"sensitivity/covid": 0.7})
+    append_row(path, row)
+    [back] = load_results(path)
+    assert isinstance(back, ResultRow) and back.run_id == "a" and back.accuracy is None      # NaN is null on disk
+    assert back["auc_ci_lo"] == 0.4 and back.extra["sensitivity/covid"] == 0.7 and back["schema"] == SCHEMA_VERSION
+    assert back.params == 1000 and back.get("absent") is None
+    RunDir(tmp_path / "run").path.mkdir()
+    RunDir(tmp_path / "run").finish(row)
+    assert RunDir(tmp_path / "run").result() == back
+    d = json.loads(path.read_text())
+    cases = [(dict(d, params="many"), "key 'params' is 'many', expected int"),
+             (dict(d, shots=2.5), "key 'shots' is 2.5, expected int or null"),
+             (dict(d, final=1), "key 'final' is 1, expected bool"),
+             ({k: v for k, v in d.items() if k != "seed"}, "lacks seed"),
+             (dict(d, schema=SCHEMA_VERSION + 1), f"schema {SCHEMA_VERSION + 1}; this covidnetx reads schema"),
+             ([1, 2], "a JSON object")]
+    for bad, msg in cases:
+        path.write_text(json.dumps(d) + "\n" + json.dumps(bad) + "\n")
+        with pytest.raises(UserError) as e:
+            load_results(path)
+        assert f"{path}:2: " in str(e.value) and msg in str(e.value), str(e.value)
+    # the analysis reads covidnetx rows checked and other JSONL rows as plain columns
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps(d) + "\n" + json.dumps({"width": 8, "acc": 0.5}) + "\n")
+    a, b = load_table(other)
+    assert isinstance(a, ResultRow) and b == {"width": 8, "acc": 0.5}
+    other.write_text(json.dumps(dict(d, steps=None)) + "\n")
+    with pytest.raises(UserError, match=r"other.jsonl:1: result row key 'steps' is None, expected int"):
+        load_table(other)
+    with pytest.raises(ValueError, match="extra metrics reuse field names"):
+        ResultRow(**{k: d[k] for k in d if k in ResultRow.__dataclass_fields__}, extra={"steps": 1})

@@ -1,6 +1,7 @@
-"""Against a real local Slurm (munged + slurmctld + slurmd started and stopped here): a tiny sweep
-submitted as a chained set of jobs with a 2-task srun Horovod run inside, and a job that gets USR1,
-checkpoints, requeues itself and finishes."""
+"""Against a real local Slurm (munged + slurmctld + two slurmd nodes with fake GPUs, started and stopped
+here): a tiny sweep submitted as a chained set of jobs with a 2-task srun Horovod run inside; the JUWELS
+Booster template on 2 nodes x 2 tasks (ranks, local ranks, node ids, one GPU per task, a checked
+allreduce); and a 2-node sweep stage that gets USR1, checkpoints, requeues itself and finishes."""
 import csv
 import json
 import os
@@ -29,7 +30,11 @@ def slurm(tmp_path_factory):
     cluster.stop()
 
 
-def _sweep(tmp_path, packed, steps=8, regimes=("full", "fewshot"), name="tiny"):
+JUWELS_2x2 = {"template": "juwels", "account": "testacct", "partition": "debug", "nodes": 2, "tasks_per_node": 2,
+             "gpus_per_node": 2, "cpus_per_task": 1}
+
+
+def _sweep(tmp_path, packed, steps=8, regimes=("full", "fewshot"), name="tiny", slurm=None):
     sw = {"name": name, "out_dir": str(tmp_path / "study"),
           "base": {"threads": 1, "bootstrap": 10, "log_every": 1, "alignment_samples": 32,
                    "data": {"image_size": 32}, "optim": {"batch_size": 8, "base_batch": 16}},
@@ -40,7 +45,7 @@ def _sweep(tmp_path, packed, steps=8, regimes=("full", "fewshot"), name="tiny"):
           "transfer": {"regimes": list(regimes), "shots": [1], "seeds": [0],
                        "config": {"optim": {"steps": 4}, "data": {"eval_split": "test"}}},
           "slurm": {"template": "generic", "tasks_per_node": 2, "srun_args": "--mpi=pmix", "time": "00:10:00",
-                    "signal_lead": 30, "python": sys.executable}}
+                    "signal_lead": 30, "python": sys.executable, **(slurm or {})}}
     p = tmp_path / "sweep.yaml"
     p.write_text(yaml.safe_dump(sw))
     return p
@@ -66,8 +71,39 @@ def test_sweep_as_a_job_chain_with_srun_horovod(slurm, packed, tmp_path):
     assert (study / "report" / "fewshot.png").is_file()
 
 
-def test_usr1_checkpoints_requeues_and_finishes(slurm, packed, tmp_path):
-    sweep = _sweep(tmp_path, packed, steps=400, regimes=(), name="requeue")
+def test_juwels_template_on_two_nodes_gives_each_task_its_rank_node_and_gpu(slurm, tmp_path):
+    """The JUWELS Booster job script as the sweep renders it, 2 nodes x 2 tasks with 2 (fake) GPUs per
+    node, running `covidnetx launch-check`: 4 Horovod ranks, local ranks 0-1 on each node, SLURM_NODEID 0
+    and 1, one CUDA_VISIBLE_DEVICES per task, and an allreduce whose sum is checked."""
+    from covidnetx import slurm as S
+    from tests.conftest import REPO
+    values = {"stage": "check", "job_name": "launch-check", "account": "testacct", "partition": "debug", "nodes": 2,
+              "tasks_per_node": 2, "gpus_per_node": 2, "cpus_per_task": 1, "time": "00:05:00", "log_dir": tmp_path,
+              "signal_lead": 30, "array_line": "", "modules": "", "jobscripts": S.JOBSCRIPTS, "workdir": REPO,
+              "srun_args": "--mpi=pmix", "python": sys.executable, "command": "launch-check"}
+    script = tmp_path / "check.sbatch"
+    script.write_text(S.render("juwels", values))
+    assert "--gpus-per-task=1" in script.read_text() and "#SBATCH --gres=gpu:2" in script.read_text()
+    r = slurm.run("sbatch", "--parsable", script, timeout=60)
+    assert r.returncode == 0, r.stderr
+    slurm.wait_all(timeout=180)
+    log = "\n".join(p.read_text() for p in tmp_path.glob("launch-check-*.out"))
+    lines = [l for l in log.splitlines() if l.startswith("LAUNCH ")]
+    assert len(lines) == 1, log[-3000:]
+    launch = json.loads(lines[0][7:])
+    assert launch["backend"] == "horovod" and launch["size"] == 4 and launch["problems"] == []
+    assert launch["allreduce_sum"] == 1 + 2 + 3 + 4
+    ranks = launch["ranks"]
+    assert sorted((r["node"], r["local_rank"]) for r in ranks) == [("0", 0), ("0", 1), ("1", 0), ("1", 1)]
+    assert {r["node"]: r["slurm_nodename"] for r in ranks} == {"0": "n1", "1": "n2"}
+    for node in ("0", "1"):         # each task one device of its node's two, none shared
+        assert sorted(r["cuda_visible_devices"] for r in ranks if r["node"] == node) == ["0", "1"]
+
+
+def test_usr1_checkpoints_requeues_and_finishes_on_two_nodes(slurm, packed, tmp_path):
+    """A pre-training stage with the JUWELS template on 2 nodes x 2 tasks: USR1 to the batch shell, the
+    4 ranks checkpoint and exit 75, the job requeues itself and resumes to the end on both nodes."""
+    sweep = _sweep(tmp_path, packed, steps=400, regimes=(), name="requeue", slurm=JUWELS_2x2)
     r = slurm.run(sys.executable, "-m", "covidnetx.cli", "sweep", sweep, "--executor", "slurm", timeout=120)
     assert r.returncode == 0, r.stderr
     job = r.stdout.splitlines()[0].split("job ")[1].split()[0]
@@ -98,9 +134,9 @@ def test_usr1_checkpoints_requeues_and_finishes(slurm, packed, tmp_path):
     slurm.wait_all(timeout=600)
     logs = "\n".join(p.read_text() for p in sorted((study / "logs").glob("*.out")))
     assert "requeueing job" in logs and f"interrupted at step {stopped}" in logs, logs[-3000:]
-    assert "resumed from" in logs
+    assert "resumed from" in logs and "4 rank(s)" in logs
     done = json.loads((study / "runs" / run / "done.json").read_text())
-    assert done["steps"] == 400 and done["world_size"] == 2
+    assert done["steps"] == 400 and done["world_size"] == 4 and done["ranks_in_sync"] is True
 
 
 def test_scaling_jobs_run_under_srun_and_gather_into_one_table(slurm, tmp_path):

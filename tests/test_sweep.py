@@ -9,6 +9,9 @@ import yaml
 from covidnetx.slurm import render_chain
 from covidnetx.sweep import expand, load_sweep, write_configs
 from covidnetx.utils import UserError
+from covidnetx.record import RunDir
+from covidnetx.results import append_row
+from tests.train_helpers import make_row
 from tests.conftest import REPO
 
 GOLDEN = REPO / "tests" / "golden"
@@ -120,6 +123,10 @@ def test_juwels_template_requires_account(tmp_path):
     pre, tr = expand(sw)
     with pytest.raises(UserError, match="slurm.account is required"):
         render_chain(sw, pre, tr, {})
+    sw = load_sweep(str(_sweep(tmp_path, slurm={"template": "juwels", "account": "a", "partition": "p",
+                                                 "tasks_per_node": 4, "gpus_per_node": 2})))
+    with pytest.raises(UserError, match="one task per GPU .*tasks_per_node 4 differs from gpus_per_node 2"):
+        render_chain(sw, pre, tr, {})
 
 
 def test_status_reports_each_run_and_exits_1_until_all_are_done(tmp_path, capsys):
@@ -134,7 +141,7 @@ def test_status_reports_each_run_and_exits_1_until_all_are_done(tmp_path, capsys
     for name, _ in pre[:3]:
         (runs / name).mkdir(parents=True)
         (runs / name / "config.yaml").write_text("x")
-    (runs / pre[0][0] / "done.json").write_text("{}")
+    RunDir(runs / pre[0][0]).finish(make_row(pre[0][0], collapsed=True))
     (runs / pre[1][0] / "progress.json").write_text(json.dumps({"step": 4, "total_steps": 10}))
     old = time.time() - 7200
     for f in (runs / pre[1][0]).iterdir():
@@ -143,14 +150,20 @@ def test_status_reports_each_run_and_exits_1_until_all_are_done(tmp_path, capsys
     out = capsys.readouterr().out
     assert f"pretrain: {len(pre)} runs: 1 done, 1 checkpointed, 1 started, {len(pre) - 3} not started" in out
     assert f"checkpointed {pre[1][0]}: step 4 of 10, last write 2.0 h ago" in out
+    assert f"collapsed (one class predicted for every image): {pre[0][0]}" in out
     assert f"started      {pre[2][0]}: no checkpoint yet, last write 0 min ago" in out
     assert f"transfer: {len(tr)} runs: {len(tr)} not started" in out and f"1 of {len(pre) + len(tr)} runs done" in out
     assert not (Path(sw.out_dir) / "configs").exists()          # a query writes nothing
     for name in [n for n, _ in pre] + [s for *_, subs in tr for s in subs]:
         (runs / name).mkdir(parents=True, exist_ok=True)
-        (runs / name / "done.json").write_text("{}")
+        RunDir(runs / name).finish(make_row(name))
+        append_row(Path(sw.out_dir) / "results.jsonl", make_row(name))
     assert main([str(path), "--status"]) == 0
-    assert f"{len(pre) + len(tr)} of {len(pre) + len(tr)} runs done" in capsys.readouterr().out
+    n = len(pre) + len(tr)
+    assert f"{n} of {n} runs done; {Path(sw.out_dir) / 'results.jsonl'}: {n} result row(s), {n} final" in capsys.readouterr().out
+    (runs / pre[0][0] / "done.json").write_text("{}")             # a damaged record is named, not counted
+    assert main([str(path), "--status"]) == 2
+    assert f"{runs / pre[0][0] / 'done.json'}: result row lacks run_id" in capsys.readouterr().err
 
 
 def test_study_design_expansion_seeds_sizes_and_scratch(tmp_path):

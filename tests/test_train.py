@@ -8,9 +8,10 @@ import time
 
 import pytest
 import torch
+import yaml
 
 from covidnetx.cli import main
-from covidnetx.results import REQUIRED_FIELDS, load_results
+from covidnetx.results import ResultRow, load_results
 from tests.conftest import REPO, run_cli
 from tests.train_helpers import loss_falls, pretrain_args, scalars, transfer_args
 
@@ -25,12 +26,15 @@ def test_pretrain_then_transfer_single_process(packed, tmp_path, capsys):
         t for t in ("train/lr", "train/img_per_s", "eval/accuracy", "eval/auc") if scalars(run, t)}
     for f in ("config.yaml", "last.ckpt", "done.json"):
         assert (run / f).is_file()
+    saved = yaml.safe_load((run / "config.yaml").read_text())["optim"]     # the schedule as it ran, no "unset"
+    assert (saved["steps"], saved["epochs"], saved["warmup_steps"], saved["mixup"]) == (80, 0.0, 2, 0.0)
+    assert saved["decay_at"] == [0.4, 0.6, 0.8]
     ck = torch.load(run / "last.ckpt", weights_only=False)
     assert ck["step"] == 80 and "resnet_w4" in ck["config"] and len(ck["class_names"]) == 10
     prog = json.loads((run / "progress.json").read_text())           # progress without loading the checkpoint
     assert prog["step"] == 80 and prog["total_steps"] == 80 and prog["samples_seen"] == ck["samples_seen"]
     rows = load_results(out / "results.jsonl")
-    assert len(rows) == 1 and all(k in rows[0] for k in REQUIRED_FIELDS)
+    assert len(rows) == 1 and isinstance(rows[0], ResultRow)
     r = rows[0]
     assert r["task"] == "pretrain" and r["world_size"] == 1 and r["steps"] == 80 and r["samples_seen"] == 1280
     assert r["n"] == 400 and 0.1 < r["accuracy"] <= 1 and r["ranks_in_sync"] is True
@@ -293,3 +297,32 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(packed, tmp_path
         assert "evil.ckpt' is not readable as a weights-only checkpoint" in err and err.count("error:") == 1, err
         assert not marker.exists(), argv
     assert not (out / "results.jsonl").exists()
+
+
+def test_a_timm_model_pretrains_and_transfers_in_every_regime(packed, tmp_path, capsys):
+    """timm:convnext_atto through the engine: pre-training, then full fine-tuning, the linear probe and
+    few-shot from its checkpoint, and full fine-tuning from a timm-layout .safetensors file."""
+    from safetensors.torch import save_file
+    out = tmp_path / "runs"
+    model = ["model.name=timm:convnext_atto", "optim.lr=0.01", "backend=none"]
+    assert main(pretrain_args(packed / "nat", out, steps=4, extra=model)) == 0
+    ck = out / "pre" / "last.ckpt"
+    rows = load_results(out / "results.jsonl")
+    assert rows[-1].model == "timm:convnext_atto" and rows[-1].params > 3_000_000 and rows[-1].flops > 0
+    for regime, extra in (("full", []), ("linear", []), ("fewshot", ["shots=[2]"])):
+        assert main(transfer_args(packed / "cxr", out, ck, regime, steps=3, extra=model + extra)) == 0, regime
+    printed = capsys.readouterr().out
+    assert f"initialised from {ck} (covidnetx checkpoint): " in printed and "left at init: head.weight, head.bias" in printed
+    rows = load_results(out / "results.jsonl")
+    assert [r.regime for r in rows] == ["pretrain", "full", "linear", "fewshot"]
+    assert all(r.model == "timm:convnext_atto" and r.source == "nat" and r.n == 40 for r in rows[1:])
+    assert rows[2].trainable_params == 3 * 320 + 3 and rows[3].shots == 2
+    # a timm state dict as .safetensors (its classifier is not used)
+    import timm
+    src = timm.create_model("convnext_atto", pretrained=False, num_classes=11)
+    st = tmp_path / "convnext_atto.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(st))
+    assert main(transfer_args(packed / "cxr", out, st, "full", steps=2, extra=model + ["run_name=from-st"])) == 0
+    printed = capsys.readouterr().out
+    assert f"initialised from {st} (safetensors): " in printed and "not used: head.fc.bias, head.fc.weight" in printed, printed
+    assert load_results(out / "results.jsonl")[-1].source == "unknown"

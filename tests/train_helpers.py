@@ -27,3 +27,19 @@ def scalars(run_dir: Path, tag: str) -> list:
 def loss_falls(run_dir: Path, k: int = 5) -> tuple:
     v = [x for _, x in scalars(run_dir, "train/loss")]
     return float(np.mean(v[:k])), float(np.mean(v[-k:]))
+
+
+def make_row(run_id: str, **kw):
+    """A complete ResultRow with plausible values; ``kw`` sets fields and extra metrics."""
+    from covidnetx.results import ResultRow
+    base = dict(run_id=run_id, task="transfer", model="resnet_w4", params=1000, trainable_params=1000,
+                source="nat", source_fraction=1.0, target="cxr", regime="full", shots=None, seed=0,
+                pretrain_seed=0, world_size=1, global_batch=16, steps=10, total_steps=10, samples_seen=160,
+                train_size=100, epochs=1.6, flops=1e9, flops_per_sample_fwd=1000, pretrain_flops=1e10,
+                pretrain_steps=100, pretrain_train_size=1000, pretrain_epochs=1.0, source_domain="natural",
+                target_domain="xray", domain_pair="inter", img_per_s=100.0, precision="fp32", mixup=0.0,
+                loader="torch", backend="none", eval_split="test", git_sha=None, config_hash="0" * 12,
+                final=True, time=0.0, align_ref=None, align_norm=None, logme=None, accuracy=0.5,
+                balanced_accuracy=0.5, auc=0.5, ap=0.5, n=100, n_classes=3)
+    base.update(kw)
+    return ResultRow.build(**base)

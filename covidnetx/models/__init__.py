@@ -2,7 +2,9 @@
 
 ``create_model(name, num_classes)`` returns a :class:`TransferModel`: ``features(x)`` gives pooled
 features, ``head`` is the classifier, ``reset_head(n)`` replaces it, ``freeze_backbone()`` freezes the rest.
-Weights load only from local files (``load_weights``); nothing is downloaded.
+Names: the CPU width axis ``resnet_w4`` ... ``resnet_w64`` (resnet.py), BiT ``bit_r50x1`` ... and
+``resnet18`` ... ``resnet152`` (from timm), and ``timm:NAME`` for any timm architecture (timm_models.py).
+Weights load only from local files (``load_weights``, weights.py); nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -37,9 +39,8 @@ class TransferModel(nn.Module):
         nn.init.zeros_(self.head.weight)      # BiT: zero-initialised head
         nn.init.zeros_(self.head.bias)
         self.frozen = False
-        from covidnetx.models.layers import GrayConv2d
         first = next((m for m in backbone.modules() if isinstance(m, nn.Conv2d)), None)
-        self.gray_stem = isinstance(first, GrayConv2d)
+        self.gray_stem = bool(getattr(first, "takes_gray", False))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features; 1-channel (gray) input goes straight into a gray-capable stem, else it is
@@ -69,9 +70,15 @@ class TransferModel(nn.Module):
 
 
 def create_model(name: str, num_classes: int) -> TransferModel:
-    if name not in _REGISTRY:
-        raise UserError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
-    backbone, dim = _REGISTRY[name]()
+    """A registered model, or any timm architecture as ``timm:NAME``."""
+    if name.startswith("timm:"):
+        from covidnetx.models.timm_models import timm_backbone
+        backbone, dim = timm_backbone(name[len("timm:"):])
+    elif name not in _REGISTRY:
+        raise UserError(f"unknown model {name!r}; registered: {', '.join(list_models())}, or timm:NAME for "
+                        "any timm architecture")
+    else:
+        backbone, dim = _REGISTRY[name]()
     return TransferModel(backbone, dim, num_classes, name)
 
 
@@ -88,7 +95,11 @@ def flops_per_sample(model: nn.Module, image_size: int, channels: int = 3) -> in
         total[0] += 2 * k * out.numel() // out.shape[0]
 
     def lin_hook(m, inp, out):
-        total[0] += 2 * m.in_features * m.out_features
+        total[0] += 2 * m.in_features * m.out_features * (out.numel() // out.shape[0] // m.out_features)
+
+    def attn_hook(m, inp, out):          # a transformer's attention: Q K^T and the weighted sum of V
+        _, n, c = inp[0].shape
+        total[0] += 2 * 2 * n * n * c
 
     hooks = []
     for m in model.modules():
@@ -96,6 +107,8 @@ def flops_per_sample(model: nn.Module, image_size: int, channels: int = 3) -> in
             hooks.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
             hooks.append(m.register_forward_hook(lin_hook))
+        elif isinstance(getattr(m, "qkv", None), nn.Linear) and hasattr(m, "num_heads"):
+            hooks.append(m.register_forward_hook(attn_hook))
     was = model.training
     model.eval()
     with torch.no_grad():
@@ -121,28 +134,6 @@ def load_state(model, state, path, strict: bool = True):
                         f"({detail})") from None
 
 
-def load_weights(model: TransferModel, path: str, drop_head: bool = True) -> dict:
-    """Load a covidnetx checkpoint or a plain state dict from a local file. With ``drop_head`` the
-    classifier is not loaded (transfer to a new label space). Returns the checkpoint's metadata."""
-    from covidnetx.record import load_checkpoint
-    ck = load_checkpoint(path, "weights file")
-    if not isinstance(ck, dict):
-        raise UserError(f"weights file {path!r} holds a {type(ck).__name__}, not a state dict")
-    state = ck.get("model", ck) if isinstance(ck, dict) else ck
-    if drop_head:
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    else:
-        w = state.get("head.weight")
-        if w is not None and w.shape != model.head.weight.shape:
-            raise UserError(f"{path}: checkpoint head has {w.shape[0]} classes, the task has "
-                            f"{model.head.weight.shape[0]}; transfer with model.drop_head=true")
-    missing, unexpected = load_state(model, state, path, strict=False)
-    missing = [k for k in missing if not k.startswith("head.")]
-    if missing or unexpected:
-        raise UserError(f"{path}: weights do not fit model {model.name!r} "
-                        f"(missing {missing[:3]}, unexpected {list(unexpected)[:3]})")
-    return ck if isinstance(ck, dict) else {}
-
-
 from covidnetx.models import resnet as _resnet  # noqa: E402,F401  (registers models)
-from covidnetx.models import bit as _bit  # noqa: E402,F401
+from covidnetx.models import timm_models as _timm  # noqa: E402,F401
+from covidnetx.models.weights import load_weights  # noqa: E402,F401

@@ -12,6 +12,7 @@ class GrayConv2d(nn.Conv2d):
     For gray images repeated to 3 channels, conv(x, w) over the 3 copies equals conv(x, w summed over its
     input channels) over one: the same output and the same gradient for ``w``, with a third of the stem's
     multiply-adds and of the input bytes. Chest X-rays arrive as 1 channel and stay so up to this layer."""
+    takes_gray = True
 
     def conv_weight(self) -> torch.Tensor:
         return self.weight

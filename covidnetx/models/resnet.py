@@ -1,4 +1,5 @@
-"""ResNets: a width/depth family small enough for a CPU size axis, plus torchvision's ResNets."""
+"""The CPU size axis: ResNets of widths 4-64 with a 3x3 stem for 32-128 px inputs (timm's ResNets fix the
+stage widths at 64-512 and use a 7x7 stride-2 stem, so they cannot express it)."""
 from __future__ import annotations
 
 import torch
@@ -54,18 +55,3 @@ SMALL = {"resnet_w4": (4, (1, 1, 1, 1)), "resnet_w6": (6, (1, 1, 1, 1)), "resnet
          "resnet_w32": (32, (2, 2, 2, 2)), "resnet_w64": (64, (2, 2, 2, 2))}
 for _name, (_w, _d) in SMALL.items():
     register(_name)(lambda w=_w, d=_d: (lambda m: (m, m.out_dim))(SmallResNet(w, d)))
-
-
-def _tv(name):
-    def build():
-        import torchvision
-        m = getattr(torchvision.models, name)(weights=None)
-        dim = m.fc.in_features
-        m.fc = nn.Identity()
-        m.conv1 = GrayConv2d.like(m.conv1)
-        return m, dim
-    return build
-
-
-for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
-    register(_name)(_tv(_name))

@@ -17,6 +17,7 @@ from typing import Optional
 
 import numpy as np
 
+from covidnetx.results import load_results
 from covidnetx.scaling import table as T
 from covidnetx.scaling.fitcmd import describe, fit_table, plot_fits, write_fits
 from covidnetx.utils import UserError, atomic_write_bytes
@@ -33,7 +34,7 @@ def _md_table(header, lines) -> str:
 
 
 def _col(r) -> str:
-    return r["regime"] + (f" k={r['shots']}" if r.get("regime") == "fewshot" else "")
+    return r.regime + (f" k={r.shots}" if r.regime == "fewshot" else "")
 
 
 def _col_order(c: str):
@@ -41,7 +42,7 @@ def _col_order(c: str):
 
 
 def _size(r) -> str:
-    n = r.get("pretrain_train_size") if r.get("task") == "transfer" else r.get("train_size")
+    n = r.pretrain_train_size if r.task == "transfer" else r.train_size
     return "-" if n is None else str(int(n))
 
 
@@ -50,12 +51,12 @@ def cell_table(rows: list, metric: str, task: str = "transfer") -> tuple:
     cells = defaultdict(list)
     cols = []
     for r in rows:
-        if r.get("task") != task or not isinstance(r.get(metric), (int, float)):
+        if r.task != task or not isinstance(r.get(metric), (int, float)):
             continue
         c = _col(r) if task == "transfer" else "source val"
         if c not in cols:
             cols.append(c)
-        cells[(str(r.get("source")), str(r.get("model")), _size(r), c)].append(r)
+        cells[(str(r.source), str(r.model), _size(r), c)].append(r)
     cols.sort(key=_col_order)
 
     def key(k):
@@ -74,29 +75,29 @@ def _model_order(name: str):
 def paired_domain_differences(rows: list, metric: str) -> list:
     """Per regime (few-shot per k): intra- minus inter-domain transfer, paired on everything else (model,
     source size, seeds). [{'regime', 'n', 'mean', 'lo', 'hi', 'intra', 'inter'}] in metric units."""
-    tr = [r for r in rows if r.get("task") == "transfer" and r.get("domain_pair") in ("intra", "inter")
+    tr = [r for r in rows if r.task == "transfer" and r.domain_pair in ("intra", "inter")
           and isinstance(r.get(metric), (int, float))]
     # sources meet at the same asked-for sizes, but class-stratified rounding makes them differ by an image
     # or two (24 vs 25): pairs are matched on the size's rank within (source, model)
     sizes = defaultdict(set)
     for r in tr:
-        sizes[(r.get("source"), r.get("model"))].add(r.get("pretrain_train_size") or 0)
+        sizes[(r.source, r.model)].add(r.pretrain_train_size or 0)
     size_rank = {(s, m, n): sorted(v).index(n or 0) for (s, m), v in sizes.items() for n in v}
     size_rank.update({(s, m, None): size_rank.get((s, m, 0), 0) for (s, m) in sizes})
     # cells at chance are no result: their pairs are left out (and counted)
     cells = defaultdict(list)
     for r in tr:
-        cells[(r.get("source"), r.get("model"), r.get("pretrain_train_size"), _col(r))].append(r)
+        cells[(r.source, r.model, r.pretrain_train_size, _col(r))].append(r)
     at_chance = {k for k, rs in cells.items() if T.cell_flags(rs)["chance"]}
     out = []
     for col in sorted({_col(r) for r in tr}, key=_col_order):
         sub = [r for r in tr if _col(r) == col]
         by = defaultdict(lambda: {"intra": [], "inter": [], "chance": False})
         for r in sub:
-            k = (r.get("model"), size_rank[(r.get("source"), r.get("model"), r.get("pretrain_train_size"))],
-                 r.get("shots"), r.get("seed"), r.get("pretrain_seed"))
-            by[k][r["domain_pair"]].append(r[metric])
-            if (r.get("source"), r.get("model"), r.get("pretrain_train_size"), col) in at_chance:
+            k = (r.model, size_rank[(r.source, r.model, r.pretrain_train_size)],
+                 r.shots, r.seed, r.pretrain_seed)
+            by[k][r.domain_pair].append(r[metric])
+            if (r.source, r.model, r.pretrain_train_size, col) in at_chance:
                 by[k]["chance"] = True
         paired = [v for v in by.values() if v["intra"] and v["inter"]]
         diffs = [(np.mean(v["intra"]), np.mean(v["inter"])) for v in paired if not v["chance"]]
@@ -132,15 +133,15 @@ def _verdict(d: dict) -> str:
 def _fit_axis(rows: list, axis: str, metric: str, n_boot: int) -> list:
     """The report's fits along one axis, holding the other axes fixed; groups with one x value are not
     axes and are left out."""
-    pt = [r for r in rows if r.get("task") == "pretrain"]
-    tr = [r for r in rows if r.get("task") == "transfer" and r.get("regime") in ("full", "linear")]
+    pt = [r for r in rows if r.task == "pretrain"]
+    tr = [r for r in rows if r.task == "transfer" and r.regime in ("full", "linear")]
     sel = pt + tr
     by = ["task", "source", "regime"]
     if axis == "params":           # model size at each source's largest size
         top = defaultdict(float)
         for r in sel:
-            top[r.get("source")] = max(top[r.get("source")], T.x_value(r, "data") or 0.0)
-        sel = [r for r in sel if (T.x_value(r, "data") or 0.0) == top[r.get("source")] or r.get("source") == "scratch"]
+            top[r.source] = max(top[r.source], T.x_value(r, "data") or 0.0)
+        sel = [r for r in sel if (T.x_value(r, "data") or 0.0) == top[r.source] or r.source == "scratch"]
     elif axis == "data":           # source size, per model
         by = by + ["model"]
     fits = fit_table(sel, axis, metric, by, n_boot=n_boot, n_perm=199)
@@ -172,14 +173,14 @@ def _save(fig, out: Path, stem: str) -> list:
 def plot_fewshot(rows, metric, out: Path) -> list:
     """Few-shot curves: mean with ± std bars where n >= 2 (n written beside each point), a single run
     with its test-set interval; chance cells hollow."""
-    fs = [r for r in rows if r.get("regime") == "fewshot" and isinstance(r.get(metric), (int, float))]
+    fs = [r for r in rows if r.regime == "fewshot" and isinstance(r.get(metric), (int, float))]
     if not fs:
         return []
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     by = defaultdict(lambda: defaultdict(list))
     for r in fs:
-        by[(r["source"], r["model"])][r["shots"]].append(r)
+        by[(r.source, r.model)][r.shots].append(r)
     for i, ((src, model), d) in enumerate(sorted(by.items(), key=lambda kv: str(kv[0]))):
         ks = sorted(d)
         color = f"C{i % 10}"
@@ -228,13 +229,13 @@ def measure_correlations(rows: list, metric: str) -> list:
     """Kendall's tau of each measure with measured transfer (per regime; few-shot per k, averaged over
     the few-shot seeds of a checkpoint), across source checkpoints."""
     from covidnetx.scaling.alignment import kendall_with_ci
-    tr = [r for r in rows if r.get("task") == "transfer" and isinstance(r.get(metric), (int, float))]
+    tr = [r for r in rows if r.task == "transfer" and isinstance(r.get(metric), (int, float))]
     out = []
     for col in sorted({_col(r) for r in tr}, key=_col_order):
         per_ck = defaultdict(list)
         for r in tr:
-            if _col(r) == col and r.get("source") != "scratch":
-                per_ck[(r.get("source"), r.get("model"), r.get("pretrain_train_size"), r.get("pretrain_seed"))].append(r)
+            if _col(r) == col and r.source != "scratch":
+                per_ck[(r.source, r.model, r.pretrain_train_size, r.pretrain_seed)].append(r)
         for m, label, sign in MEASURES:
             xs, ys = [], []
             for rs in per_ck.values():
@@ -252,16 +253,16 @@ def write_report(results, out: Path, metric: str = "accuracy", n_boot: int = 200
                  preamble: str = "", run_ids=None) -> Path:
     """The report of a results table; with ``run_ids`` (a study's plan) only those runs, so rows of runs
     the plan no longer has (an earlier version of the study in the same table) never add to a cell's n."""
-    rows = T.final_rows(T.load_table(results))
+    rows = T.final_rows(load_results(results))     # covidnetx's own rows, checked
     other = 0
     if run_ids is not None:
         keep = set(run_ids)
-        other = sum(r.get("run_id") not in keep for r in rows)
-        rows = [r for r in rows if r.get("run_id") in keep]
+        other = sum(r.run_id not in keep for r in rows)
+        rows = [r for r in rows if r.run_id in keep]
     if not rows:
         raise UserError(f"{results}: no final result rows" + (" of this study's runs" if run_ids is not None else ""))
     out.mkdir(parents=True, exist_ok=True)
-    n_pre = sum(r.get("task") == "pretrain" for r in rows)
+    n_pre = sum(r.task == "pretrain" for r in rows)
     md = [f"# {title or 'Transfer scaling report'}\n"]
     if preamble:
         md += [preamble, ""]
@@ -343,14 +344,14 @@ def write_report(results, out: Path, metric: str = "accuracy", n_boot: int = 200
     # ---------------------------------------------------------------------------------------- measures
     ck_rows = defaultdict(list)
     for r in rows:
-        if r.get("task") == "transfer" and any(isinstance(r.get(m), (int, float)) for m, _, _ in MEASURES):
-            ck_rows[(str(r.get("source")), str(r.get("model")), _size(r))].append(r)
+        if r.task == "transfer" and any(isinstance(r.get(m), (int, float)) for m, _, _ in MEASURES):
+            ck_rows[(str(r.source), str(r.model), _size(r))].append(r)
     if ck_rows:
         lines = []
         for k in sorted(ck_rows, key=lambda k: (k[0], _model_order(k[1]), int(k[2]) if k[2].isdigit() else -1)):
             per_seed = {}
             for r in ck_rows[k]:
-                per_seed[r.get("pretrain_seed")] = r
+                per_seed[r.pretrain_seed] = r
             cells = []
             for m, _, _ in MEASURES:
                 v = [r.get(m) for r in per_seed.values() if isinstance(r.get(m), (int, float))]

@@ -1,7 +1,7 @@
 """Result tables as the analysis reads them, and the rules every printed number follows.
 
-* Tables: covidnetx's results JSONL (finished rows; the latest row per ``run_id`` where rows carry one)
-  or any CSV with a header. Rows need only the columns a command names.
+* Tables: covidnetx's results JSONL (``ResultRow``s; finished rows, the latest per ``run_id`` where rows
+  carry one), any other JSONL, or any CSV with a header. Rows need only the columns a command names.
 * Cells: the runs that share everything but the seed. A cell of n >= 2 runs is shown as
   "mean ± std (n)"; a cell of one run as its value with the run's own test-set 95% interval,
   "value [lo–hi] (n=1)". A mean is never shown without its n.
@@ -67,8 +67,11 @@ def load_table(path) -> list:
                 raise UserError(f"{p}:{n}: {len(fields)} fields, the header has {len(header)}")
             rows.append({h: _number(v) for h, v in zip(header, fields)})
         return rows
-    from covidnetx.results import load_results
-    return load_results(p)
+    from covidnetx.results import ResultRow, read_jsonl
+    # covidnetx's own rows (they carry their schema version) are checked field by field; other JSONL
+    # tables are read as plain columns
+    return [ResultRow.from_dict(d, f"{p}:{n}") if isinstance(d, dict) and "schema" in d else d
+            for n, d in read_jsonl(p, "table")]
 
 
 def final_rows(rows: list) -> list:

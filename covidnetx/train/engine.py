@@ -30,7 +30,7 @@ from covidnetx.data.transforms import Preprocess, normalize
 from covidnetx.dist import to_device
 from covidnetx.eval.metrics import all_metrics, bootstrap_ci, confusion, from_confusion
 from covidnetx.models import count_params, create_model, flops_per_sample, load_state, load_weights
-from covidnetx.results import append_row
+from covidnetx.results import ResultRow, append_row
 from covidnetx.record import RunDir
 from covidnetx.train.schedule import resolve_schedule
 from covidnetx.utils import UserError
@@ -154,32 +154,31 @@ def mixup_batch(x: torch.Tensor, alpha: float, key: list) -> tuple:
 
 def result_row(cfg: C.Config, dist, meta: dict, metrics: dict, *, params: int, trainable_params: int,
                train_size: int, steps: int, total_steps: int, samples_seen: int, global_batch: int, flops: float,
-               flops_fwd: int, img_per_s: float, mixup: float, final: bool) -> dict:
+               flops_fwd: int, img_per_s: float, mixup: float, final: bool) -> ResultRow:
     """One row of the results table (the engine's and the linear probe's): what ran, on what, and how it
     scored; the metrics dict is merged in last."""
     im = meta.get("init_meta") or {}
-    row = {
-        "run_id": cfg.run_name, "task": cfg.task, "model": cfg.model.name, "params": params,
-        "trainable_params": trainable_params, "source": meta.get("source"),
-        "source_fraction": meta.get("source_fraction"), "target": meta.get("target"),
-        "regime": cfg.regime if cfg.task == "transfer" else "pretrain", "shots": meta.get("shots"),
-        "seed": cfg.seed, "pretrain_seed": im.get("seed"), "world_size": dist.size, "global_batch": global_batch,
-        "steps": steps, "total_steps": total_steps, "samples_seen": samples_seen, "train_size": train_size,
-        "epochs": samples_seen / train_size if train_size else None,
-        "flops": flops, "flops_per_sample_fwd": flops_fwd,
-        "pretrain_flops": im.get("flops"), "pretrain_steps": im.get("steps"),
-        "pretrain_train_size": im.get("train_size"), "pretrain_epochs": im.get("epochs"),
-        "source_domain": meta.get("source_domain"), "target_domain": cfg.target_domain or None,
-        "domain_pair": meta.get("domain_pair"), "img_per_s": img_per_s, "precision": cfg.precision,
-        "mixup": mixup, "loader": cfg.data.loader, "backend": dist.backend, "eval_split": cfg.data.eval_split,
-        "git_sha": git_sha(), "config_hash": C.config_hash(cfg), "final": final, "time": time.time(),
-    }
-    for k in ("align_ref", "align_norm", "logme"):
-        row[k] = (meta.get("measures") or {}).get(k)
-    for k in ("accuracy", "balanced_accuracy", "auc", "ap"):
-        row[k] = metrics.get(k)
-    row.update({k: v for k, v in metrics.items() if k not in row})
-    return row
+    measures = meta.get("measures") or {}
+    fields = dict(
+        run_id=cfg.run_name, task=cfg.task, model=cfg.model.name, params=params,
+        trainable_params=trainable_params, source=meta.get("source"),
+        source_fraction=meta.get("source_fraction"), target=meta.get("target"),
+        regime=cfg.regime if cfg.task == "transfer" else "pretrain", shots=meta.get("shots"),
+        seed=cfg.seed, pretrain_seed=im.get("seed"), world_size=dist.size, global_batch=global_batch,
+        steps=steps, total_steps=total_steps, samples_seen=samples_seen, train_size=train_size,
+        epochs=samples_seen / train_size if train_size else None,
+        flops=float(flops), flops_per_sample_fwd=flops_fwd,
+        pretrain_flops=im.get("flops"), pretrain_steps=im.get("steps"),
+        pretrain_train_size=im.get("train_size"), pretrain_epochs=im.get("epochs"),
+        source_domain=meta.get("source_domain"), target_domain=cfg.target_domain or None,
+        domain_pair=meta.get("domain_pair"), img_per_s=float(img_per_s), precision=cfg.precision,
+        mixup=float(mixup), loader=cfg.data.loader, backend=dist.backend, eval_split=cfg.data.eval_split,
+        git_sha=git_sha(), config_hash=C.config_hash(cfg), final=final, time=time.time(),
+        align_ref=measures.get("align_ref"), align_norm=measures.get("align_norm"), logme=measures.get("logme"))
+    for k in ("n", "n_classes", "accuracy", "balanced_accuracy", "auc", "ap"):
+        fields[k] = metrics.get(k)
+    fields.update({k: v for k, v in metrics.items() if k not in fields and k != "schema"})
+    return ResultRow.build(**fields)
 
 
 class Trainer:
@@ -195,8 +194,10 @@ class Trainer:
             raise UserError("config key 'loss': ce needs multi-class labels; these are multi-label (use bce)")
         self.loss_name = loss
         self.device = dist.device
-        # Horovod: scale the learning rate by the global batch (i.e. by the number of ranks), with warmup
+        # Horovod: scale the learning rate by the global batch (i.e. by the number of ranks), with warmup;
+        # from here on the config holds the resolved schedule (it is what config.yaml and checkpoints save)
         self.sched = resolve_schedule(cfg.optim, len(train_view), dist.size, cfg.task == "transfer" and cfg.hyperrule)
+        self.cfg = C.with_schedule(cfg, self.sched)
         self.steps, self.global_batch, self.mixup = self.sched.steps, self.sched.global_batch, self.sched.mixup
         self.pp = Preprocess.from_config(cfg.data)
 
@@ -211,7 +212,7 @@ class Trainer:
             state, how = self.record.resume_from(cfg.resume)
             if state is None and cfg.model.init_from:
                 ck = load_weights(model, cfg.model.init_from, drop_head=cfg.model.drop_head)
-                how = f"initialised from {cfg.model.init_from} (head {'dropped' if cfg.model.drop_head else 'kept'})"
+                how = f"initialised from {ck['report']} (head {'dropped' if cfg.model.drop_head else 'kept'})"
                 self.meta.setdefault("init_meta", ck.get("meta", {}))
             if state is not None:
                 if state["class_names"] != self.class_names:
@@ -288,6 +289,7 @@ class Trainer:
     def _fit(self) -> dict:
         cfg, dist = self.cfg, self.dist
         with dist.phase():
+            self.record.check_resolved(cfg)
             if dist.is_primary:
                 self.record.write_config(C.dump(cfg))
         self._build()

@@ -90,13 +90,15 @@ def _once(build):
     return get
 
 
-def init_model(cfg: C.Config, num_classes: int, device) -> torch.nn.Module:
-    """The network whose features are probed: the init_from weights (head dropped), or a seeded random
-    init (a from-scratch baseline)."""
+def init_model(cfg: C.Config, num_classes: int, device, say=None) -> torch.nn.Module:
+    """The network whose features are probed: the init_from weights (head dropped; ``say`` gets the
+    loading report), or a seeded random init (a from-scratch baseline)."""
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model.name, num_classes)
     if cfg.model.init_from:
-        load_weights(model, cfg.model.init_from, drop_head=True)
+        got = load_weights(model, cfg.model.init_from, drop_head=True)
+        if say is not None:
+            say(f"[{cfg.run_name}] features from {got['report']}")
     return model.to(device).eval()
 
 
@@ -253,6 +255,7 @@ def run_probe(cfg: C.Config, dist, train: Mixture, ev: Mixture, val, run_dir: Pa
     from covidnetx.results import append_row
     from covidnetx.record import PROBE_HEAD, PROBE_TRIALS, RunDir, save_checkpoint
     from covidnetx.train.engine import result_row
+    from covidnetx.train.schedule import resolve_schedule
     record = RunDir(run_dir)
     with dist.phase():
         if train.label_kind != "multiclass":
@@ -263,12 +266,15 @@ def run_probe(cfg: C.Config, dist, train: Mixture, ev: Mixture, val, run_dir: Pa
             raise UserError(f"config key 'data.val_split': the linear probe chooses its L2 strength on a val "
                             f"split other than the scored one; {cfg.data.val_split!r} is missing from "
                             f"{cfg.data.sources} or is data.eval_split")
-        if dist.is_primary:
-            record.write_config(C.dump(cfg))
+        if dist.is_primary:        # saved as resolved (the probe itself takes no SGD steps)
+            n_fit = len(train) if subset is None else len(subset)
+            sched = resolve_schedule(cfg.optim, n_fit, dist.size, cfg.hyperrule)
+            record.write_config(C.dump(C.with_schedule(cfg, sched)))
     k = len(train.class_names)
     names = list(train.class_names)
     ck = checkpoint_id(cfg)
-    model_fn = _once(lambda: init_model(cfg, k, dist.device))
+    model_fn = _once(lambda: init_model(cfg, k, dist.device,
+                                        say=(lambda m: print(m, flush=True)) if dist.is_primary else None))
     t0 = time.perf_counter()
     sets = {}
     secs = 0.0

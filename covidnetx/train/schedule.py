@@ -34,7 +34,8 @@ class Schedule:
     """A run's resolved optimisation schedule (no "unset" values left)."""
     steps: int
     warmup: int
-    decay_at: tuple
+    decay_at: tuple               # steps at which the learning rate drops (schedule "step")
+    decay_fractions: tuple        # the same as fractions of steps (what the config saves)
     mixup: float
     global_batch: int
     base_lr: float
@@ -47,7 +48,8 @@ class Schedule:
 def resolve_schedule(optim, n_train: int, world_size: int, use_hyperrule: bool) -> Schedule:
     """Steps, warmup, LR decay points and MixUp for a run on ``n_train`` samples and ``world_size`` ranks:
     the config's values where set, BiT-HyperRule's for transfer (``use_hyperrule``) where left at their
-    "unset" defaults (steps 0, warmup -1, mixup -1), else 1000 steps, 5% warmup and no MixUp. The learning
+    "unset" defaults (steps 0, warmup -1, mixup -1, decay_at []), else 1000 steps, 5% warmup, decay at
+    40/60/80% and no MixUp (``config.with_schedule`` writes the result back into the config). The learning
     rate is scaled by the global batch (Horovod's rule: base_lr x global batch / base batch)."""
     rule = bit_hyperrule(n_train)
     global_batch = optim.batch_size * world_size * optim.accum_steps
@@ -57,9 +59,13 @@ def resolve_schedule(optim, n_train: int, world_size: int, use_hyperrule: bool) 
         steps = optim.steps or (rule["steps"] if use_hyperrule else 1000)
     warmup = optim.warmup_steps if optim.warmup_steps >= 0 else (
         min(rule["warmup"], steps // 5) if use_hyperrule else max(1, steps // 20))
-    if use_hyperrule and not optim.steps and not optim.epochs:
-        decay_at = tuple(d for d in rule["decay_at"] if d < steps)
+    if optim.decay_at:
+        fractions = tuple(optim.decay_at)
+    elif use_hyperrule and not optim.steps and not optim.epochs:
+        fractions = tuple(d / steps for d in rule["decay_at"] if d < steps)
     else:
-        decay_at = tuple(int(f * steps) for f in optim.decay_at)
+        fractions = (0.4, 0.6, 0.8)
+    decay_at = tuple(int(f * steps + 1e-9) for f in fractions)    # the small term undoes float rounding
     mixup = optim.mixup if optim.mixup >= 0 else (rule["mixup"] if use_hyperrule else 0.0)
-    return Schedule(steps, warmup, decay_at, float(mixup), global_batch, optim.lr * global_batch / optim.base_batch)
+    return Schedule(steps, warmup, decay_at, fractions, float(mixup), global_batch,
+                    optim.lr * global_batch / optim.base_batch)

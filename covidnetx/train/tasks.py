@@ -19,7 +19,8 @@ import torch
 from covidnetx import config as C
 from covidnetx.data.compose import Mixture, few_shot
 from covidnetx.data.hdf5 import PackedDataset, index_path
-from covidnetx.record import CONFIG, RunDir, load_checkpoint
+from covidnetx.models.weights import read as read_weights
+from covidnetx.record import CONFIG, RunDir
 from covidnetx.utils import UserError, ensure_writable_dir
 
 EXIT_NONFINITE = 3
@@ -99,13 +100,13 @@ def _name(cfg: C.Config) -> str:
 
 
 def _init_meta(path: str) -> dict:
+    """What a covidnetx checkpoint says of its run ({} for other weight files)."""
     if not path or not os.path.isfile(path):
         return {}
     try:
-        ck = load_checkpoint(path)
+        return read_weights(path)[2]
     except UserError:  # unreadable: load_weights says so when the run starts
         return {}
-    return ck.get("meta", {}) if isinstance(ck, dict) else {}
 
 
 def plan_runs(cfg: C.Config) -> list:
@@ -175,7 +176,9 @@ def check_run_dir(cfg: C.Config, run_dir: Path, dist, force: bool = False) -> No
     except UserError as e:
         raise UserError(f"run directory {run_dir}: its config.yaml is not readable ({e}); pass --force to "
                         "start the run over") from None
-    diff = C.differences(old, cfg)
+    # keys this config leaves to the run's start match whatever the run resolved them to (the trainer
+    # compares the resolved values before it resumes)
+    diff = C.differences(old, cfg, ignore=C.RUN_KEYS_FREE + C.unresolved_keys(cfg))
     if diff:
         shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
         raise UserError(f"run directory {run_dir} holds a run of another config ({shown}); choose another "
