@@ -43,8 +43,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet_w8"       # registered model: resnet_w4..w64, resnet18..152, bit_r50x1..bit_r152x4
-    init_from: str = ""            # checkpoint (head dropped) or a user-provided weights file
+    name: str = "resnet_w8"       # resnet_w4..w64, resnet18..152, bit_r50x1..bit_r152x4, or timm:NAME (any timm architecture)
+    init_from: str = ""            # weights: a covidnetx checkpoint, a torchvision/timm .pth or .safetensors, an official BiT .npz
     drop_head: bool = True         # init_from: replace the classifier head (new classes)
 
 

@@ -101,8 +101,8 @@ def _name(cfg: C.Config) -> str:
 
 def _init_meta(path: str) -> dict:
     """What a covidnetx checkpoint says of its run ({} for other weight files)."""
-    if not path or not os.path.isfile(path):
-        return {}
+    if not path or not os.path.isfile(path) or path.lower().endswith((".npz", ".safetensors")):
+        return {}                 # only covidnetx checkpoints carry metadata (and .npz files can be large)
     try:
         return read_weights(path)[2]
     except UserError:  # unreadable: load_weights says so when the run starts
