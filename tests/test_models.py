@@ -209,3 +209,25 @@ def test_weight_files_that_do_not_fit_or_would_run_code_are_refused(tmp_path):
         load_weights(model, str(tmp_path / "junk.safetensors"))
     with pytest.raises(UserError, match=r"unknown timm model 'resnet_nope'"):
         create_model("timm:resnet_nope", 3)
+
+
+def test_a_covidnetx_checkpoint_loads_with_or_without_its_head(tmp_path):
+    from covidnetx.models import load_weights
+    from covidnetx.record import save_checkpoint
+    torch.manual_seed(2)
+    src = create_model("resnet_w8", 3)
+    torch.nn.init.normal_(src.head.weight)
+    path = tmp_path / "last.ckpt"
+    save_checkpoint({"model": src.state_dict(), "step": 5, "class_names": ["a", "b", "c"], "meta": {"seed": 3}}, path)
+    x = torch.randn(2, 1, 32, 32)
+    kept = create_model("resnet_w8", 3)
+    got = load_weights(kept, str(path), drop_head=False)
+    assert got["format"] == "covidnetx checkpoint" and got["meta"] == {"seed": 3}
+    assert "nothing left at init" in got["report"]
+    with torch.no_grad():
+        assert torch.equal(kept.eval()(x), src.eval()(x))
+    dropped = create_model("resnet_w8", 3)
+    got = load_weights(dropped, str(path))
+    assert "left at init: head.weight, head.bias" in got["report"] and "not used: head.weight, head.bias" in got["report"]
+    with torch.no_grad():
+        assert torch.equal(dropped.eval().features(x), src.features(x)) and not dropped.head.weight.any()
