@@ -50,18 +50,18 @@ class Arm:
     def __init__(self, args, dist, device, **wrap):
         import torch
         from covidnetx.models import create_model
+        from covidnetx.train.engine import autocast
         self.dist, self.device, self.precision = dist, device, args.precision
+        self.autocast, self.loss = autocast, torch.nn.functional.cross_entropy
         self.model = create_model(args.model, 3).to(device).train()
         opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         dist.broadcast_state(self.model, None)
         self.opt = dist.wrap_optimizer(opt, self.model, 1, args.fp16_allreduce, **wrap)
 
     def step(self, x, y, between=None) -> None:
-        import torch
-        from covidnetx.train.engine import autocast
-        with autocast(self.precision, self.device):
+        with self.autocast(self.precision, self.device):
             out = self.model(x)
-        torch.nn.functional.cross_entropy(out.float(), y).backward()
+        self.loss(out.float(), y).backward()
         if between is not None:
             between()                 # the engine fetches the next batch here, while backward runs
         self.dist.step(self.model, self.opt)

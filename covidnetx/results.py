@@ -90,9 +90,8 @@ class ResultRow(Mapping):
     @classmethod
     def build(cls, **values) -> "ResultRow":
         """A row from keyword values: the fields by name, anything else into ``extra``."""
-        names = FIELD_NAMES
-        return cls(**{k: v for k, v in values.items() if k in names},
-                   extra={k: v for k, v in values.items() if k not in names})
+        return cls(**{k: v for k, v in values.items() if k in FIELD_NAMES},
+                   extra={k: v for k, v in values.items() if k not in FIELD_NAMES})
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "ResultRow":

@@ -1,4 +1,7 @@
+import math
+
 import pytest
+import yaml
 
 from covidnetx import config as C
 from covidnetx.utils import UserError
@@ -94,7 +97,7 @@ def test_hyperrule_is_resolved_into_the_config_and_reruns_as_it_ran(n_train, wor
     cfg = C.load_config(overrides=ov)
     hyper = cfg.task == "transfer" and cfg.hyperrule
     sched = resolve_schedule(cfg.optim, n_train, world, hyper)
-    resolved = C.load_config(base=__import__("yaml").safe_load(C.dump(C.with_schedule(cfg, sched))))
+    resolved = C.load_config(base=yaml.safe_load(C.dump(C.with_schedule(cfg, sched))))
     assert C.unresolved_keys(resolved) == ()                       # nothing "unset" is saved
     assert resolve_schedule(resolved.optim, n_train, world, hyper) == sched       # and it reruns as it ran
     assert C.differences(resolved, cfg, ignore=C.RUN_KEYS_FREE + C.unresolved_keys(cfg)) == []
@@ -103,7 +106,7 @@ def test_hyperrule_is_resolved_into_the_config_and_reruns_as_it_ran(n_train, wor
             (10_000, 500, (3000, 6000, 9000), 0.1) if n_train < 500_000 else (20_000, 500, (6000, 12000, 18000), 0.1))
         assert (sched.steps, sched.warmup, sched.decay_at, sched.mixup) == expect
     if "optim.epochs" in given:
-        assert sched.steps == -(-int(2.5 * n_train) // (32 * world)) and "optim.epochs" in C.unresolved_keys(cfg)
+        assert sched.steps == math.ceil(2.5 * n_train / (32 * world)) and "optim.epochs" in C.unresolved_keys(cfg)
     if given == {"task": "pretrain"}:
         assert (sched.steps, sched.warmup, sched.decay_at, sched.mixup) == (1000, 50, (400, 600, 800), 0.0)
     if "optim.decay_at" in given:     # a given value wins over the rule
@@ -113,13 +116,13 @@ def test_hyperrule_is_resolved_into_the_config_and_reruns_as_it_ran(n_train, wor
 
 def test_a_resumed_run_must_resolve_to_the_schedule_it_started_with(tmp_path):
     from covidnetx.record import RunDir
-    from covidnetx.train.schedule import resolve_schedule
+    from covidnetx.train.schedule import resolve_run
     cfg = C.load_config(overrides=["task=transfer", "optim.epochs=2"])
     rd = RunDir(tmp_path / "run")
-    rd.write_config(C.dump(C.with_schedule(cfg, resolve_schedule(cfg.optim, 265, 1, True))))
-    rd.check_resolved(C.with_schedule(cfg, resolve_schedule(cfg.optim, 265, 1, True)))
+    rd.write_config(C.dump(resolve_run(cfg, 265, 1)[0]))
+    rd.check_resolved(resolve_run(cfg, 265, 1)[0])
     with pytest.raises(UserError, match=r"run directory .*run was started with another resolved schedule "
                                         r"\(optim.steps: 17 -> 9; optim.warmup_steps: 3 -> 1\)"):
-        rd.check_resolved(C.with_schedule(cfg, resolve_schedule(cfg.optim, 265, 2, True)))
+        rd.check_resolved(resolve_run(cfg, 265, 2)[0])
     rd.write_config(C.dump(cfg))          # a config saved before schedules were resolved: its unset keys match
-    rd.check_resolved(C.with_schedule(cfg, resolve_schedule(cfg.optim, 265, 2, True)))
+    rd.check_resolved(resolve_run(cfg, 265, 2)[0])

@@ -29,14 +29,13 @@ class WeightFile:
     format: str                 # covidnetx checkpoint | state dict | safetensors | BiT npz
     tensors: dict               # model key (backbone.* / head.*) -> tensor
     names: dict                 # model key -> the tensor's name in the file
-    unused: list                # names in the file that map to no model key here (filled by apply)
+    unused: list                # names in the file that map to no model key (the source's classifier, ...)
     meta: dict                  # a covidnetx checkpoint's metadata, else {}
 
 
 def _bit_key(name: str):
     """timm ResNetV2 key of an official BiT .npz tensor name, or None (the classifier, unknown names)."""
-    m = re.fullmatch(r"(?:resnet/)?(.+)", name)
-    n = m.group(1)
+    n = name.removeprefix("resnet/")
     if n == "root_block/standardized_conv2d/kernel":
         return "stem.conv.weight"
     g = re.fullmatch(r"group_norm/(gamma|beta)", n)
@@ -73,7 +72,7 @@ def _read_safetensors(path: str) -> dict:
 
 def read(path: str) -> tuple:
     """(format, {name: tensor} as stored, covidnetx metadata) of a weight file."""
-    from covidnetx.record import load_checkpoint
+    from covidnetx.record import CHECKPOINT_KEYS, load_checkpoint
     if not os.path.isfile(path):
         raise UserError(f"weights file {path!r} not found")
     low = path.lower()
@@ -82,7 +81,7 @@ def read(path: str) -> tuple:
     if low.endswith(".safetensors"):
         return "safetensors", _read_safetensors(path), {}
     ck = load_checkpoint(path, "weights file")
-    if isinstance(ck, dict) and isinstance(ck.get("model"), dict) and "step" in ck:
+    if isinstance(ck, dict) and all(k in ck for k in CHECKPOINT_KEYS) and isinstance(ck["model"], dict):
         return "covidnetx checkpoint", ck["model"], dict(ck.get("meta") or {})
     if isinstance(ck, dict) and isinstance(ck.get("state_dict"), dict):       # a timm/Lightning training checkpoint
         ck = ck["state_dict"]

@@ -32,7 +32,7 @@ from covidnetx.eval.metrics import all_metrics, bootstrap_ci, confusion, from_co
 from covidnetx.models import count_params, create_model, flops_per_sample, load_state, load_weights
 from covidnetx.results import ResultRow, append_row
 from covidnetx.record import RunDir
-from covidnetx.train.schedule import resolve_schedule
+from covidnetx.train.schedule import resolve_run
 from covidnetx.utils import UserError
 
 EXIT_REQUEUE = 75           # EX_TEMPFAIL: "saved, run me again"
@@ -196,8 +196,7 @@ class Trainer:
         self.device = dist.device
         # Horovod: scale the learning rate by the global batch (i.e. by the number of ranks), with warmup;
         # from here on the config holds the resolved schedule (it is what config.yaml and checkpoints save)
-        self.sched = resolve_schedule(cfg.optim, len(train_view), dist.size, cfg.task == "transfer" and cfg.hyperrule)
-        self.cfg = C.with_schedule(cfg, self.sched)
+        self.cfg, self.sched = resolve_run(cfg, len(train_view), dist.size)
         self.steps, self.global_batch, self.mixup = self.sched.steps, self.sched.global_batch, self.sched.mixup
         self.pp = Preprocess.from_config(cfg.data)
 

@@ -255,7 +255,7 @@ def run_probe(cfg: C.Config, dist, train: Mixture, ev: Mixture, val, run_dir: Pa
     from covidnetx.results import append_row
     from covidnetx.record import PROBE_HEAD, PROBE_TRIALS, RunDir, save_checkpoint
     from covidnetx.train.engine import result_row
-    from covidnetx.train.schedule import resolve_schedule
+    from covidnetx.train.schedule import resolve_run
     record = RunDir(run_dir)
     with dist.phase():
         if train.label_kind != "multiclass":
@@ -268,8 +268,7 @@ def run_probe(cfg: C.Config, dist, train: Mixture, ev: Mixture, val, run_dir: Pa
                             f"{cfg.data.sources} or is data.eval_split")
         if dist.is_primary:        # saved as resolved (the probe itself takes no SGD steps)
             n_fit = len(train) if subset is None else len(subset)
-            sched = resolve_schedule(cfg.optim, n_fit, dist.size, cfg.hyperrule)
-            record.write_config(C.dump(C.with_schedule(cfg, sched)))
+            record.write_config(C.dump(resolve_run(cfg, n_fit, dist.size)[0]))
     k = len(train.class_names)
     names = list(train.class_names)
     ck = checkpoint_id(cfg)

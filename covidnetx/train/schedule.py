@@ -45,6 +45,15 @@ class Schedule:
                      decay_at=self.decay_at)
 
 
+def resolve_run(cfg, n_train: int, world_size: int) -> tuple:
+    """(``cfg`` with its schedule written in, the Schedule) for a run on ``n_train`` samples and
+    ``world_size`` ranks; BiT-HyperRule fills unset values of transfer runs with ``hyperrule`` on. What the
+    run saves in config.yaml and its checkpoints."""
+    from covidnetx import config as C
+    sched = resolve_schedule(cfg.optim, n_train, world_size, cfg.task == "transfer" and cfg.hyperrule)
+    return C.with_schedule(cfg, sched), sched
+
+
 def resolve_schedule(optim, n_train: int, world_size: int, use_hyperrule: bool) -> Schedule:
     """Steps, warmup, LR decay points and MixUp for a run on ``n_train`` samples and ``world_size`` ranks:
     the config's values where set, BiT-HyperRule's for transfer (``use_hyperrule``) where left at their
