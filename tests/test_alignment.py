@@ -3,7 +3,7 @@ normalised Frechet distance, and Kendall's tau with its bootstrap interval."""
 import numpy as np
 import pytest
 
-from covidnetx.scaling.alignment import frechet, frechet_normalised, kendall_with_ci, logme
+from covidnetx.scaling.alignment import frechet, frechet_normalised, logme
 
 
 def _evidence_direct(F, y, alpha, beta):
@@ -50,12 +50,3 @@ def test_normalised_frechet_is_width_and_scale_free():
     assert frechet_normalised(wide_a, wide_b) == pytest.approx(frechet_normalised(a, b), rel=1e-9)
     assert frechet_normalised(3 * a, 3 * b) == pytest.approx(frechet_normalised(a, b), rel=1e-9)
     assert frechet_normalised(a, a) == pytest.approx(0.0, abs=1e-9)
-
-
-def test_kendall_interval_covers_and_reports_n():
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=40)
-    k = kendall_with_ci(x, x + rng.normal(0, 0.5, 40), n_boot=300)
-    assert k["n"] == 40 and 0.4 < k["tau"] < 0.9 and k["lo"] < k["tau"] < k["hi"] and k["p"] < 1e-3
-    flat = kendall_with_ci(x, np.ones(40))
-    assert np.isnan(flat["tau"]) and flat["n"] == 40

@@ -81,7 +81,7 @@ def test_study_on_the_real_images_shrunk(tmp_path, natural_small, cxr_small):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[header.index("full")] == format_cell(cell, "balanced_accuracy")
         assert "(n=2)" in cells[header.index("full")] or "collapsed" in cells[header.index("full")]
-    assert "### Intra- minus inter-domain transfer (paired)" in report
+    assert "### Intra- minus inter-domain transfer (paired over checkpoints)" in report
     assert "| params | " in report and "| ok |" not in report             # 2 widths: every fit refused
     for name in ("error-vs-params.png", "error-vs-data.pdf", "fewshot.png", "fits-params.csv", "domains.png"):
         assert (out / "study" / "report" / name).is_file(), name

@@ -1,6 +1,8 @@
 """The rules every printed number follows: n-rules, chance flags, collapsed runs, table loading."""
 import json
 
+import numpy as np
+
 import pytest
 
 from covidnetx.eval.metrics import confusion, from_confusion
@@ -57,3 +59,26 @@ def test_tables_load_from_jsonl_and_csv(tmp_path):
     c = tmp_path / "t.csv"
     c.write_text("width,acc,note\n8,0.5,x\n16,,y\n")
     assert load_table(c) == [{"width": 8, "acc": 0.5, "note": "x"}, {"width": 16, "acc": None, "note": "y"}]
+
+
+def test_cells_count_checkpoints_not_few_shot_draws():
+    """Five few-shot draws on each of two checkpoints: n = 2 units (each the mean of its draws), and the
+    chance flag reads the units' spread, not the draws'."""
+    from covidnetx.scaling.table import summarise_units, units
+    rows = []
+    for ck, level in ((0, 0.4), (1, 0.7)):
+        for d in range(5):
+            v = level + 0.001 * d
+            rows.append({**_run(v), "task": "transfer", "seed": d, "pretrain_seed": ck})
+    us = units(rows, "accuracy")
+    assert sorted(u["runs"] for u in us) == [5, 5]
+    assert sorted(u["value"] for u in us) == pytest.approx([0.402, 0.702])
+    s = summarise_units(rows, "accuracy")
+    assert s["n"] == 2 and s["runs"] == 10 and s["std"] == pytest.approx(np.std([0.402, 0.702], ddof=1))
+    assert format_cell(rows, "accuracy") == "55.2 ± 21.2 (n=2; 10 runs) ⚠ chance"
+    # two checkpoints this far apart cannot be told from 1/3; ten draws treated as units would have been
+    assert cell_flags(rows)["chance"] is True
+    draws = [{k: v for k, v in r.items() if k not in ("task", "seed", "pretrain_seed")} for r in rows]
+    assert len(units(draws, "accuracy")) == 10 and cell_flags(draws)["chance"] is False
+    pre = [{**_run(0.8), "task": "pretrain", "seed": s, "pretrain_seed": None} for s in range(3)]
+    assert format_cell(pre, "accuracy") == "80.0 ± 0.0 (n=3)"

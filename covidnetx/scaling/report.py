@@ -1,11 +1,14 @@
 """`covidnetx report RESULTS [--out DIR]`: the study's Markdown report, tables and plots.
 
 It leads with the headline comparisons and their 95% CIs (the paired intra- minus inter-domain
-difference per regime; the exponent per scaling axis, or why there is none), then gives every cell
-under the n-rules of covidnetx.scaling.table (mean ± std with n only where n >= 2; one run with its
-test-set interval; chance and collapsed cells flagged), the fits per axis (covidnetx.scaling.fitcmd:
-statuses ok / no-trend / refused), few-shot curves, and whether the alignment and transferability
-measures predict transfer (Kendall's tau across source checkpoints, with CIs).
+difference per regime over independent checkpoints; the exponent per scaling axis with its status and
+backtest, or why there is none), then gives every cell under the n-rules of covidnetx.scaling.table
+(n counts independent units), the fits per axis (covidnetx.scaling.fitcmd), few-shot curves, and
+whether the alignment and transferability measures predict transfer (Kendall's tau over the distinct
+values of each measure, exact permutation p-values).
+
+The report is built section by section (``section_*``: each returns Markdown lines and writes its own
+figures), so each rule has its own test.
 """
 from __future__ import annotations
 
@@ -19,17 +22,22 @@ import numpy as np
 
 from covidnetx.results import load_results
 from covidnetx.scaling import table as T
-from covidnetx.scaling.fitcmd import describe, fit_table, plot_fits, write_fits
+from covidnetx.scaling.fitcmd import (backtest_text, describe, exponent_text, fit_table, plot_fits,
+                                      write_fits)
+from covidnetx.scaling.plots import plt, save
+from covidnetx.scaling.stats import ALPHA, detectable_difference, kendall_exact, t_interval
 from covidnetx.utils import UserError, atomic_write_bytes
 
 MEASURES = (("align_ref", "alignment, reference space (Fréchet)", "-"),
             ("align_norm", "alignment, own features (normalised Fréchet)", "-"),
             ("logme", "LogME", "+"))
+AXES = ("params", "data", "compute", "params,data")
+HOLDOUT = 1               # the report backtests every law on its largest x value
 
 
 def _md_table(header, lines) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(c) for c in l) + " |" for l in lines]
+    out += ["| " + " | ".join(str(c).replace("|", "/") for c in l) + " |" for l in lines]
     return "\n".join(out)
 
 
@@ -46,6 +54,19 @@ def _size(r) -> str:
     return "-" if n is None else str(int(n))
 
 
+def _model_order(name: str):
+    import re
+    m = re.search(r"(\d+)", name)
+    return (re.sub(r"\d+", "", name), int(m.group(1)) if m else 0)
+
+
+def _pct(v, signed: bool = False) -> str:
+    if not isinstance(v, (int, float)) or not math.isfinite(v):
+        return "—"
+    return f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}"
+
+
+# -------------------------------------------------------------------------------------------- cells
 def cell_table(rows: list, metric: str, task: str = "transfer") -> tuple:
     """(header, lines): one line per (source, model, source size), one column per regime (few-shot per k)."""
     cells = defaultdict(list)
@@ -66,73 +87,147 @@ def cell_table(rows: list, metric: str, task: str = "transfer") -> tuple:
     return ["source", "model", "source images"] + cols, lines
 
 
-def _model_order(name: str):
-    import re
-    m = re.search(r"(\d+)", name)
-    return (re.sub(r"\d+", "", name), int(m.group(1)) if m else 0)
+def section_cells(rows: list, metric: str) -> list:
+    """Transfer results in the study's metric and the other headline metrics, under the n-rules."""
+    names = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "auc": "Macro AUC"}
+    md = []
+    for m2 in [metric] + [m for m in names if m != metric]:
+        title = f"Transfer results: {names.get(m2, m2).lower()} (%)" if m2 == metric else f"{names[m2]} (%)"
+        h, lines = cell_table(rows, m2)
+        if lines:
+            md += [f"## {title}\n", _md_table(h, lines), ""]
+    return md
+
+
+def section_pretraining(rows: list, metric: str) -> list:
+    """Every pre-training cell on its source's val split (n = pre-training seeds), chance flagged."""
+    h, lines = cell_table(rows, metric, task="pretrain")
+    if not lines:
+        return []
+    return [f"## Pre-training: {metric} on the source's val split (%)\n",
+            "n = pre-training seeds; **⚠ chance** marks a cell whose pre-training learned nothing measurable "
+            "on its own source.\n", _md_table(h, lines), ""]
+
+
+# -------------------------------------------------------------------------------------------- domains
+def _pretrain_at_chance(rows: list) -> dict:
+    """(source, model, train size, seed) of each pre-training run -> whether its source-val balanced
+    accuracy is at chance (the run's own test-set interval reaches 1 / classes)."""
+    return {(r.source, r.model, r.train_size, r.seed): bool(T.cell_flags([r])["chance"])
+            for r in rows if r.task == "pretrain"}
 
 
 def paired_domain_differences(rows: list, metric: str) -> list:
-    """Per regime (few-shot per k): intra- minus inter-domain transfer, paired on everything else (model,
-    source size, seeds). [{'regime', 'n', 'mean', 'lo', 'hi', 'intra', 'inter'}] in metric units."""
+    """Per regime (few-shot per k) and pair of sources (each X-ray source against each natural one):
+    intra- minus inter-domain transfer over independent units. A unit is a pair of checkpoints, one per
+    source, with the same model, source size (matched by rank among the sizes asked for) and pre-training
+    seed; each checkpoint's value is the mean over its transfer runs (few-shot draws on one checkpoint are
+    not independent). Two analyses: all pairs, and the rule fixed before any transfer result is seen, the
+    same for both arms: a pair leaves when either checkpoint's pre-training is at chance on its own
+    source's val split. Records: {'regime', 'intra_source', 'inter_source', 'all', 'rule' (each a
+    t_interval over pair differences), 'left_out', 'sign_change', 'intra', 'inter', 'mde'} in metric units."""
     tr = [r for r in rows if r.task == "transfer" and r.domain_pair in ("intra", "inter")
           and isinstance(r.get(metric), (int, float))]
-    # sources meet at the same asked-for sizes, but class-stratified rounding makes them differ by an image
-    # or two (24 vs 25): pairs are matched on the size's rank within (source, model)
     sizes = defaultdict(set)
     for r in tr:
         sizes[(r.source, r.model)].add(r.pretrain_train_size or 0)
-    size_rank = {(s, m, n): sorted(v).index(n or 0) for (s, m), v in sizes.items() for n in v}
-    size_rank.update({(s, m, None): size_rank.get((s, m, 0), 0) for (s, m) in sizes})
-    # cells at chance are no result: their pairs are left out (and counted)
-    cells = defaultdict(list)
-    for r in tr:
-        cells[(r.source, r.model, r.pretrain_train_size, _col(r))].append(r)
-    at_chance = {k for k, rs in cells.items() if T.cell_flags(rs)["chance"]}
+    rank = {(s, m, n): sorted(v).index(n) for (s, m), v in sizes.items() for n in v}
+    chance = _pretrain_at_chance(rows)
+    domain = {r.source: r.domain_pair for r in tr}
     out = []
     for col in sorted({_col(r) for r in tr}, key=_col_order):
-        sub = [r for r in tr if _col(r) == col]
-        by = defaultdict(lambda: {"intra": [], "inter": [], "chance": False})
-        for r in sub:
-            k = (r.model, size_rank[(r.source, r.model, r.pretrain_train_size)],
-                 r.shots, r.seed, r.pretrain_seed)
-            by[k][r.domain_pair].append(r[metric])
-            if (r.source, r.model, r.pretrain_train_size, col) in at_chance:
-                by[k]["chance"] = True
-        paired = [v for v in by.values() if v["intra"] and v["inter"]]
-        diffs = [(np.mean(v["intra"]), np.mean(v["inter"])) for v in paired if not v["chance"]]
-        rec = {"regime": col, "n": len(diffs), "left_out": len(paired) - len(diffs), "mean": float("nan"),
-               "lo": float("nan"), "hi": float("nan"), "intra": float("nan"), "inter": float("nan")}
-        if not paired:
-            continue
-        if diffs:
-            d = np.array([a - b for a, b in diffs])
-            rec.update(mean=float(d.mean()), intra=float(np.mean([a for a, _ in diffs])),
-                       inter=float(np.mean([b for _, b in diffs])))
-            if len(d) > 1:
-                h = T.t975(len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-                rec["lo"], rec["hi"] = rec["mean"] - h, rec["mean"] + h
-        out.append(rec)
+        ck = defaultdict(list)
+        for r in tr:
+            if _col(r) == col:
+                ck[(r.source, r.model, rank[(r.source, r.model, r.pretrain_train_size or 0)], r.pretrain_seed,
+                    (r.source, r.model, r.pretrain_train_size, r.pretrain_seed))].append(r[metric])
+        arms = defaultdict(dict)         # source -> {(model, size rank, seed): (checkpoint mean, at chance)}
+        for (src, model, rk, seed, pre), vals in ck.items():
+            arms[src][(model, rk, seed)] = (float(np.mean(vals)), chance.get(pre, False))
+        for intra in sorted(s for s in arms if domain[s] == "intra"):
+            for inter in sorted(s for s in arms if domain[s] == "inter"):
+                pairs = [(arms[intra][k], arms[inter][k]) for k in sorted(set(arms[intra]) & set(arms[inter]), key=str)]
+                if not pairs:
+                    continue
+                d_all = [a[0] - b[0] for a, b in pairs]
+                d_rule = [a[0] - b[0] for a, b in pairs if not (a[1] or b[1])]
+                a, b = t_interval(d_all), t_interval(d_rule)
+                out.append({"regime": col, "intra_source": intra, "inter_source": inter, "all": a, "rule": b,
+                            "left_out": len(d_all) - len(d_rule), "sign_change": bool(b["n"] and a["mean"] * b["mean"] < 0),
+                            "intra": float(np.mean([p[0][0] for p in pairs])),
+                            "inter": float(np.mean([p[1][0] for p in pairs])),
+                            "mde": detectable_difference(a["std"], a["n"])})
     return out
 
 
-def _diff_text(d: dict) -> str:
-    if not d["n"]:
-        return "— (every pair has a cell at chance)"
-    if not math.isfinite(d["lo"]):
-        return f"{100 * d['mean']:+.1f} (one pair: no interval)"
-    return f"{100 * d['mean']:+.1f} ({100 * d['lo']:+.1f} to {100 * d['hi']:+.1f})"
+def _label(d: dict, diffs: list) -> str:
+    """The regime, with its sources where the study compares more than one pair of them."""
+    several = len({(x["intra_source"], x["inter_source"]) for x in diffs}) > 1
+    return d["regime"] + (f" ({d['intra_source']} − {d['inter_source']})" if several else "")
 
 
-def _verdict(d: dict) -> str:
-    if not math.isfinite(d["lo"]):
+def _diff_text(s: dict) -> str:
+    if not s["n"]:
+        return "— (no pair)"
+    if not math.isfinite(s["lo"]):
+        return f"{_pct(s['mean'], True)} (one pair: no interval)"
+    return f"{_pct(s['mean'], True)} ({_pct(s['lo'], True)} to {_pct(s['hi'], True)})"
+
+
+def _verdict(s: dict) -> str:
+    if not math.isfinite(s["lo"]):
         return "—"
-    return "intra better" if d["lo"] > 0 else "inter better" if d["hi"] < 0 else "no difference shown"
+    return "intra better" if s["lo"] > 0 else "inter better" if s["hi"] < 0 else "no difference shown"
 
 
-def _fit_axis(rows: list, axis: str, metric: str, n_boot: int) -> list:
-    """The report's fits along one axis, holding the other axes fixed; groups with one x value are not
-    axes and are left out."""
+def plot_domains(diffs: list, out: Path, metric: str) -> list:
+    diffs = [d for d in diffs if d["all"]["n"]]
+    if not diffs:
+        return []
+    fig, ax = plt().subplots(figsize=(6.5, 3.6))
+    y = np.arange(len(diffs))
+    m = np.array([100 * d["all"]["mean"] for d in diffs])
+    lo = np.array([100 * d["all"]["lo"] if math.isfinite(d["all"]["lo"]) else 100 * d["all"]["mean"] for d in diffs])
+    hi = np.array([100 * d["all"]["hi"] if math.isfinite(d["all"]["hi"]) else 100 * d["all"]["mean"] for d in diffs])
+    ax.errorbar(m, y, xerr=[m - lo, hi - m], fmt="o", capsize=3)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(y, [f"{_label(d, diffs)} (n={d['all']['n']})" for d in diffs])
+    ax.set_xlabel(f"intra − inter domain, {metric} points (95% CI, n = checkpoint pairs)")
+    ax.set_title("paired difference: X-ray source minus natural source", fontsize=9)
+    return save(fig, out, "domains")
+
+
+def section_domains(rows: list, metric: str, out: Path) -> tuple:
+    """The paired intra − inter table (all pairs and the pre-registered rule side by side, the power)
+    and its figure: (Markdown lines, figure paths)."""
+    diffs = paired_domain_differences(rows, metric)
+    if not diffs:
+        return [], []
+    lines = []
+    for d in diffs:
+        a, b = d["all"], d["rule"]
+        lines.append([_label(d, diffs), a["n"], _diff_text(a), _pct(d["intra"]), _pct(d["inter"]), _verdict(a),
+                      f"{b['n']} ({d['left_out']} left out): {_diff_text(b)}" + (" ⚠ sign differs" if d["sign_change"] else ""),
+                      _pct(d["mde"])])
+    md = ["### Intra- minus inter-domain transfer (paired over checkpoints)\n",
+          "A unit is a pair of pre-trained checkpoints, one per source (X-ray = intra, natural = inter), with the "
+          "same model, source size (matched by rank among the sizes asked for) and pre-training seed; each "
+          "checkpoint's value is the mean over its transfer runs (few-shot draws on one checkpoint are not "
+          "independent units). n = pairs; 95% CI: t-interval over pairs. **All pairs** is the primary analysis. "
+          "The rule fixed before any transfer result, applied to both arms alike: a pair leaves when either "
+          "checkpoint's pre-training is at chance on its own source (shown beside; ⚠ where the sign differs). "
+          "*Detectable*: the smallest true difference a paired t test over these n pairs finds with 80% power "
+          "at the 5% level, from the observed spread between pairs.\n",
+          _md_table(["regime", "pairs (n)", f"intra − inter ({metric} points, 95% CI)", "intra mean", "inter mean",
+                     "verdict", "rule: pairs whose pre-training learned", "detectable at 80% power"], lines), "",
+          "![intra vs inter](domains.png)", ""]
+    return md, plot_domains(diffs, out, metric)
+
+
+# -------------------------------------------------------------------------------------------- fits
+def fit_axis(rows: list, axis: str, metric: str, n_boot: int) -> list:
+    """The report's fits along one axis, holding the other axes fixed, each backtested on its largest x;
+    groups with one x value are not axes and are left out."""
     pt = [r for r in rows if r.task == "pretrain"]
     tr = [r for r in rows if r.task == "transfer" and r.regime in ("full", "linear")]
     sel = pt + tr
@@ -144,7 +239,7 @@ def _fit_axis(rows: list, axis: str, metric: str, n_boot: int) -> list:
         sel = [r for r in sel if (T.x_value(r, "data") or 0.0) == top[r.source] or r.source == "scratch"]
     elif axis == "data":           # source size, per model
         by = by + ["model"]
-    fits = fit_table(sel, axis, metric, by, n_boot=n_boot, n_perm=199)
+    fits = fit_table(sel, axis, metric, by, n_boot=n_boot, n_perm=199, holdout=HOLDOUT)
     keep = []
     for f in fits:
         xs = {tuple(p[0]) if isinstance(p[0], list) else p[0] for p in f.get("points", []) + f.get("chance_points", [])}
@@ -153,31 +248,71 @@ def _fit_axis(rows: list, axis: str, metric: str, n_boot: int) -> list:
     return keep
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def _group(f: dict) -> str:
+    return " / ".join(str(f.get(k)) for k in ("task", "source", "regime", "model") if k in f)
 
 
-def _save(fig, out: Path, stem: str) -> list:
-    paths = []
-    for ext in ("png", "pdf"):
-        p = out / f"{stem}.{ext}"
-        fig.savefig(p, dpi=120, bbox_inches="tight")
-        paths.append(p)
-    _plt().close(fig)
-    return paths
+def backtest_summary(axis_fits: dict) -> tuple:
+    """(passed, ok laws) over every axis."""
+    ok = [f for fits in axis_fits.values() for f in fits if f["status"] == "ok"]
+    return sum((f.get("backtest") or {}).get("status") == "passed" for f in ok), len(ok)
 
 
+def section_exponents(axis_fits: dict) -> list:
+    """The headline table of laws: status, exponent with its interval (one-sided where not identified,
+    conditional on c = 0 where the floor is 0), units, backtest; and 'N of M laws passed their backtest'."""
+    head = []
+    for axis, fits in axis_fits.items():
+        for f in fits:
+            val = exponent_text(f) if f["status"] in ("ok", "not-identified") else "—"
+            bt = (f.get("backtest") or {}).get("status", "—")
+            note = "; ".join(x for x in (f["reason"] if f["status"] != "ok" else "", f"at bound: {f['at_bound']}"
+                                         if f.get("at_bound") else "") if x)
+            head.append([axis.replace(",", " × "), _group(f), f["status"], val, f"{f['n_points']} / {f['n_x']}",
+                         bt, note])
+    passed, n_ok = backtest_summary(axis_fits)
+    return ["### Scaling exponents\n",
+            "err = a·x^(−b) + c along one axis, the others held (params: at each source's largest size; data: per "
+            "model), and err = E + A·N^(−α) + B·D^(−β) where both vary; one point per independent unit. "
+            "Statuses: **ok** (trend against a constant: permutation p < 0.05; shape not rejected: lack-of-fit F "
+            "test p ≥ 0.05 where x values have replicates; every exponent identified: under 2.5% of its bootstrap "
+            "draws at a bound and its 95% interval inside (0, 5)), **lack-of-fit**, **no-trend**, **not-identified** "
+            "(a one-sided bound is given), **refused** (under 5 x values or one decade). Where the fitted floor "
+            "is 0 the law is a pure power law and its exponents are **conditional on c = 0** (with the largest "
+            "floor the data allow and the exponents' range over those floors). Backtest: the law refitted "
+            "without its largest x predicts the units measured there (95% prediction interval).\n",
+            _md_table(["axis", "group", "status", "exponent (95% CI)", "units / x values", "backtest", "note"], head)
+            if head else "(no axis with more than one value)", "",
+            f"**{passed} of {n_ok} laws passed their backtest.**" if n_ok else "No law has status ok.", ""]
+
+
+def section_fits(axis_fits: dict, out: Path) -> tuple:
+    """Per axis: every group's one-line description and backtest, the fits tables and the figure."""
+    md, plots = ["## Scaling-law fits\n"], []
+    for axis, fits in axis_fits.items():
+        if not fits:
+            continue
+        stem = axis.replace(",", "+")
+        write_fits(fits, out, f"fits-{stem}")
+        plots += plot_fits(fits, out, f"error-vs-{stem}", f"error vs {axis.replace(',', ' × ')}",
+                           label_keys=["task", "source", "regime"] + (["model"] if axis == "data" else []))
+        md += [f"### x = {axis.replace(',', ' × ')}\n"]
+        for f in fits:
+            md.append(f"- **{_group(f)}**: {describe(f)}")
+            if f.get("backtest") and f["status"] != "refused":
+                md.append(f"  - {backtest_text(f['backtest'])}")
+        md += ["", f"![error vs {axis}](error-vs-{stem}.png)", ""]
+    return md, plots
+
+
+# -------------------------------------------------------------------------------------------- few-shot
 def plot_fewshot(rows, metric, out: Path) -> list:
-    """Few-shot curves: mean with ± std bars where n >= 2 (n written beside each point), a single run
-    with its test-set interval; chance cells hollow."""
+    """Few-shot curves: mean ± std over checkpoints where n >= 2 (n written beside each point), a single
+    checkpoint with its test-set interval; chance cells hollow."""
     fs = [r for r in rows if r.regime == "fewshot" and isinstance(r.get(metric), (int, float))]
     if not fs:
         return []
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt().subplots(figsize=(6.5, 4.2))
     by = defaultdict(lambda: defaultdict(list))
     for r in fs:
         by[(r.source, r.model)][r.shots].append(r)
@@ -186,8 +321,7 @@ def plot_fewshot(rows, metric, out: Path) -> list:
         color = f"C{i % 10}"
         means, errs, hollow = [], [[], []], []
         for k in ks:
-            s = T.summarise([r[metric] for r in d[k]], [r.get(f"{metric}_ci_lo") for r in d[k]],
-                            [r.get(f"{metric}_ci_hi") for r in d[k]])
+            s = T.summarise_units(d[k], metric)
             means.append(100 * s["mean"])
             if s["n"] > 1:
                 errs[0].append(100 * s["std"])
@@ -202,33 +336,22 @@ def plot_fewshot(rows, metric, out: Path) -> list:
     ax.set_xscale("log")
     ax.set_xlabel("labelled examples per class (k)")
     ax.set_ylabel(f"{metric} (%)")
-    ax.set_title("few-shot transfer: mean ± std over runs (n ≥ 2); hollow = at chance", fontsize=9)
+    ax.set_title("few-shot transfer: mean ± std over checkpoints (n ≥ 2); hollow = at chance", fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, out, "fewshot")
+    return save(fig, out, "fewshot")
 
 
-def plot_domains(diffs: list, out: Path, metric: str) -> list:
-    diffs = [d for d in diffs if d["n"]]
-    if not diffs:
-        return []
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    y = np.arange(len(diffs))
-    m = np.array([100 * d["mean"] for d in diffs])
-    lo = np.array([100 * d["lo"] if math.isfinite(d["lo"]) else 100 * d["mean"] for d in diffs])
-    hi = np.array([100 * d["hi"] if math.isfinite(d["hi"]) else 100 * d["mean"] for d in diffs])
-    ax.errorbar(m, y, xerr=[m - lo, hi - m], fmt="o", capsize=3)
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set_yticks(y, [f"{d['regime']} (n={d['n']})" for d in diffs])
-    ax.set_xlabel(f"intra − inter domain, {metric} points (95% CI)")
-    ax.set_title("paired difference: X-ray source minus natural source", fontsize=9)
-    return _save(fig, out, "domains")
+def section_fewshot(rows: list, metric: str, out: Path) -> tuple:
+    paths = plot_fewshot(rows, metric, out)
+    return (["## Few-shot\n", "![few-shot](fewshot.png)", ""] if paths else []), paths
 
 
+# -------------------------------------------------------------------------------------------- measures
 def measure_correlations(rows: list, metric: str) -> list:
-    """Kendall's tau of each measure with measured transfer (per regime; few-shot per k, averaged over
-    the few-shot seeds of a checkpoint), across source checkpoints."""
-    from covidnetx.scaling.alignment import kendall_with_ci
+    """Kendall's tau of each measure with measured transfer (per regime; few-shot per k), over the
+    distinct values of the measure: each checkpoint's transfer is its mean over its runs, and checkpoints
+    that share a value of the measure (align_ref is one value per source) are averaged into one point.
+    p: exact permutation p-value (all orderings up to 8 points); p_min: the smallest p this n allows."""
     tr = [r for r in rows if r.task == "transfer" and isinstance(r.get(metric), (int, float))]
     out = []
     for col in sorted({_col(r) for r in tr}, key=_col_order):
@@ -237,16 +360,88 @@ def measure_correlations(rows: list, metric: str) -> list:
             if _col(r) == col and r.source != "scratch":
                 per_ck[(r.source, r.model, r.pretrain_train_size, r.pretrain_seed)].append(r)
         for m, label, sign in MEASURES:
-            xs, ys = [], []
+            groups = defaultdict(list)
             for rs in per_ck.values():
                 v = [r.get(m) for r in rs if isinstance(r.get(m), (int, float))]
                 if v:
-                    xs.append(float(np.mean(v)))
-                    ys.append(float(np.mean([r[metric] for r in rs])))
-            if len(xs) >= 3:
+                    groups[float(f"{np.mean(v):.10g}")].append(float(np.mean([r[metric] for r in rs])))
+            if len(per_ck) >= 3 and groups:
+                xs = sorted(groups)
+                res = kendall_exact(xs, [float(np.mean(groups[x])) for x in xs])
                 out.append({"regime": col, "measure": m, "label": label, "expect": sign,
-                            **kendall_with_ci(xs, ys)})
+                            "n_checkpoints": sum(len(g) for g in groups.values()), **res})
     return out
+
+
+def tau_verdict(c: dict) -> str:
+    """'yes' / 'opposite' only where the exact p < 0.05; 'cannot show' where this n makes p < 0.05
+    impossible; else 'not shown'."""
+    if c["n"] < 2 or not math.isfinite(c["tau"]):
+        return f"cannot show (n = {c['n']} distinct value{'s' if c['n'] != 1 else ''})"
+    if c["p_min"] >= ALPHA:
+        return f"cannot show (n = {c['n']}: smallest possible p = {c['p_min']:.3f})"
+    if c["p"] >= ALPHA:
+        return "not shown"
+    return "yes" if (c["tau"] > 0) == (c["expect"] == "+") else "opposite"
+
+
+def section_measures(rows: list, metric: str) -> list:
+    """Per-checkpoint alignment and LogME (n = pre-training seeds) and whether each predicts transfer."""
+    ck_rows = defaultdict(list)
+    for r in rows:
+        if r.task == "transfer" and any(isinstance(r.get(m), (int, float)) for m, _, _ in MEASURES):
+            ck_rows[(str(r.source), str(r.model), _size(r))].append(r)
+    if not ck_rows:
+        return []
+    lines = []
+    for k in sorted(ck_rows, key=lambda k: (k[0], _model_order(k[1]), int(k[2]) if k[2].isdigit() else -1)):
+        per_seed = {r.pretrain_seed: r for r in ck_rows[k]}
+        cells = []
+        for m, _, _ in MEASURES:
+            v = [r.get(m) for r in per_seed.values() if isinstance(r.get(m), (int, float))]
+            cells.append("" if not v else (f"{np.mean(v):.3g} ± {np.std(v, ddof=1):.2g} (n={len(v)})"
+                                           if len(v) > 1 else f"{v[0]:.3g} (n=1)"))
+        lines.append(list(k) + cells)
+    md = ["## Alignment and transferability\n",
+          "Per source checkpoint (n = pre-training seeds): **align_ref**, the Fréchet distance between source "
+          "and target features in one fixed reference feature space (comparable across all sources; one value "
+          "per source data); **align_norm**, the Fréchet distance under the checkpoint's own features divided by "
+          "their total variance (comparable across widths); **LogME** (You et al. 2021) of the checkpoint's "
+          "features for the target labels. All on fixed samples: the source's val images and the target's train "
+          "split.\n",
+          _md_table(["source", "model", "source images", "align_ref (lower = closer)",
+                     "align_norm (lower = closer)", "LogME (higher = better)"], lines), ""]
+    cors = measure_correlations(rows, metric)
+    if cors:
+        md += ["Does a measure predict transfer? Kendall's τ between the measure and measured transfer. n counts "
+               "the distinct values of the measure (checkpoints sharing one are averaged into one point); p is the "
+               "exact permutation p-value (all orderings up to 8 points, else 19,999 random ones). A useful distance "
+               "has τ < 0, a useful LogME τ > 0; **yes** only where p < 0.05 in that direction, and **cannot show** "
+               "where n is too small for any ordering to reach p < 0.05.\n",
+               _md_table(["regime", "measure", "τ", "n distinct (checkpoints)", "p (exact)", "as expected?"],
+                         [[c["regime"], c["label"], f"{c['tau']:+.2f}" if math.isfinite(c["tau"]) else "—",
+                           f"{c['n']} ({c['n_checkpoints']})", f"{c['p']:.3g}" if math.isfinite(c["p"]) else "—",
+                           tau_verdict(c)] for c in cors]), ""]
+    return md
+
+
+# -------------------------------------------------------------------------------------------- report
+def section_intro(results, rows: list, other: int, metric: str, title: str, preamble: str) -> list:
+    n_pre = sum(r.task == "pretrain" for r in rows)
+    md = [f"# {title or 'Transfer scaling report'}\n"]
+    if preamble:
+        md += [preamble, ""]
+    md += [f"Results: `{results}`: {len(rows)} finished runs ({n_pre} pre-training, {len(rows) - n_pre} transfer)"
+           + (f"; {other} row(s) of runs outside this study's plan (an earlier version of it) left out" if other
+              else "") + f". Metric: {metric}; error = 1 − {metric}; values in %.\n",
+           "How to read the numbers: **n counts independent units** — pre-training seeds, and for transfer the "
+           "pre-trained checkpoints (few-shot draws on one checkpoint are averaged into one unit; the number of "
+           "runs is given where it differs). **mean ± std (n=…)** over units, shown only where n ≥ 2; "
+           "**value [lo–hi] (n=1)** is one unit with its test-set 95% bootstrap interval; **⚠ chance**: the "
+           "cell's balanced accuracy cannot be told from chance (1 / classes) — such cells are left out of every "
+           "fit; **collapsed**: every prediction fell in one class. Choices (the linear probe's L2 strength) are "
+           "made on the val split; each run reads the test split once, at the end.\n"]
+    return md
 
 
 def write_report(results, out: Path, metric: str = "accuracy", n_boot: int = 200, title: str = "",
@@ -262,122 +457,13 @@ def write_report(results, out: Path, metric: str = "accuracy", n_boot: int = 200
     if not rows:
         raise UserError(f"{results}: no final result rows" + (" of this study's runs" if run_ids is not None else ""))
     out.mkdir(parents=True, exist_ok=True)
-    n_pre = sum(r.task == "pretrain" for r in rows)
-    md = [f"# {title or 'Transfer scaling report'}\n"]
-    if preamble:
-        md += [preamble, ""]
-    md += [f"Results: `{results}`: {len(rows)} finished runs ({n_pre} pre-training, {len(rows) - n_pre} transfer)"
-           + (f"; {other} row(s) of runs outside this study's plan (an earlier version of it) left out" if other
-              else "") + f". Metric: {metric}; error = 1 − {metric}; values in %.\n",
-           "How to read the numbers: **mean ± std (n=…)** over runs that differ only in their seeds, shown only "
-           "where n ≥ 2; **value [lo–hi] (n=1)** is one run with its test-set 95% bootstrap interval; "
-           "**⚠ chance**: the cell's balanced accuracy cannot be told from chance (1 / classes) — such cells "
-           "are left out of every fit; **collapsed**: every prediction fell in one class. Choices (the linear "
-           "probe's L2 strength) are made on the val split; each run reads the test split once, at the end.\n"]
-    # ---------------------------------------------------------------------------------------- headline
-    md += ["## Headline\n"]
-    diffs = paired_domain_differences(rows, metric)
-    if diffs:
-        md += ["### Intra- minus inter-domain transfer (paired)\n",
-               "Each pair: the same model, source size (matched by rank among the sizes asked for), regime and "
-               "seeds, pre-trained on the X-ray (intra) or the natural (inter) source. 95% CI: t-interval over "
-               "pairs (the difference averaged over the design's models and sizes).\n",
-               _md_table(["regime", "pairs (n)", "pairs left out (a cell at chance)",
-                          f"intra − inter ({metric} points, 95% CI)", "intra mean", "inter mean", "verdict"],
-                         [[d["regime"], d["n"], d["left_out"], _diff_text(d),
-                           f"{100 * d['intra']:.1f}" if d["n"] else "—", f"{100 * d['inter']:.1f}" if d["n"] else "—",
-                           _verdict(d)] for d in diffs]), "",
-               "![intra vs inter](domains.png)", ""]
-    plots = plot_domains(diffs, out, metric)
-    axis_fits = {}
-    for axis in ("params", "data", "compute", "params,data"):
-        axis_fits[axis] = _fit_axis(rows, axis, metric, n_boot)
-    head = []
-    for axis, fits in axis_fits.items():
-        for f in fits:
-            group = " / ".join(str(f.get(k)) for k in ("task", "source", "regime", "model") if k in f)
-            if f["status"] == "ok":
-                if f["law"] == "joint":
-                    val = (f"α = {f['alpha']:.3f} ({f['alpha_ci_lo']:.3f}–{f['alpha_ci_hi']:.3f}), "
-                           f"β = {f['beta']:.3f} ({f['beta_ci_lo']:.3f}–{f['beta_ci_hi']:.3f})")
-                else:
-                    val = f"b = {f['b']:.3f} ({f['b_ci_lo']:.3f}–{f['b_ci_hi']:.3f})"
-            else:
-                val = "—"
-            note = "; ".join(x for x in (f["reason"], f"at bound: {f['at_bound']}" if f.get("at_bound") else "") if x)
-            head.append([axis.replace(",", " × "), group, f["status"], val, f"{f['n_points']} / {f['n_x']}",
-                         note.replace("|", "/")])
-    md += ["### Scaling exponents\n",
-           "err = a·x^(−b) + c along one axis, the others held (params: at each source's largest size; data: "
-           "per model), and err = E + A·N^(−α) + B·D^(−β) where both vary. *ok* needs a permutation test against "
-           "a constant (p < 0.05); 95% CIs from a bootstrap over runs within each x.\n",
-           _md_table(["axis", "group", "status", "exponent (95% CI)", "runs / x values", "note"], head)
-           if head else "(no axis with more than one value)", ""]
-    # ---------------------------------------------------------------------------------------- cells
-    names = {"accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "auc": "Macro AUC"}
-    for m2 in [metric] + [m for m in names if m != metric]:
-        title2 = f"Transfer results: {names.get(m2, m2).lower()} (%)" if m2 == metric else f"{names[m2]} (%)"
-        h, lines = cell_table(rows, m2)
-        if lines:
-            md += [f"## {title2}\n", _md_table(h, lines), ""]
-    h, lines = cell_table(rows, metric, task="pretrain")
-    if lines:
-        md += [f"## Pre-training: {metric} on the source's val split (%)\n", _md_table(h, lines), ""]
-    # ---------------------------------------------------------------------------------------- fits
-    md += ["## Scaling-law fits\n"]
-    for axis, fits in axis_fits.items():
-        stem = axis.replace(",", "+")
-        if not fits:
-            continue
-        write_fits(fits, out, f"fits-{stem}")
-        plots += plot_fits(fits, out, f"error-vs-{stem}", f"error vs {axis.replace(',', ' × ')}",
-                           label_keys=["task", "source", "regime"] + (["model"] if axis == "data" else []))
-        md += [f"### x = {axis.replace(',', ' × ')}\n"]
-        for f in fits:
-            group = " / ".join(str(f.get(k)) for k in ("task", "source", "regime", "model") if k in f)
-            md.append(f"- **{group}**: {describe(f)}")
-        md += ["", f"![error vs {axis}](error-vs-{stem}.png)", ""]
-    fsp = plot_fewshot(rows, metric, out)
-    plots += fsp
-    if fsp:
-        md += ["## Few-shot\n", "![few-shot](fewshot.png)", ""]
-    # ---------------------------------------------------------------------------------------- measures
-    ck_rows = defaultdict(list)
-    for r in rows:
-        if r.task == "transfer" and any(isinstance(r.get(m), (int, float)) for m, _, _ in MEASURES):
-            ck_rows[(str(r.source), str(r.model), _size(r))].append(r)
-    if ck_rows:
-        lines = []
-        for k in sorted(ck_rows, key=lambda k: (k[0], _model_order(k[1]), int(k[2]) if k[2].isdigit() else -1)):
-            per_seed = {}
-            for r in ck_rows[k]:
-                per_seed[r.pretrain_seed] = r
-            cells = []
-            for m, _, _ in MEASURES:
-                v = [r.get(m) for r in per_seed.values() if isinstance(r.get(m), (int, float))]
-                cells.append("" if not v else (f"{np.mean(v):.3g} ± {np.std(v, ddof=1):.2g} (n={len(v)})"
-                                               if len(v) > 1 else f"{v[0]:.3g} (n=1)"))
-            lines.append(list(k) + cells)
-        md += ["## Alignment and transferability\n",
-               "Per source checkpoint (n = pre-training seeds): **align_ref**, the Fréchet distance between source "
-               "and target features in one fixed reference feature space (comparable across all sources); "
-               "**align_norm**, the Fréchet distance under the checkpoint's own features divided by their total "
-               "variance (comparable across widths); **LogME** (You et al. 2021) of the checkpoint's features for "
-               "the target labels. All on fixed samples: the source's val images and the target's train split.\n",
-               _md_table(["source", "model", "source images", "align_ref (lower = closer)",
-                          "align_norm (lower = closer)", "LogME (higher = better)"], lines), ""]
-        cors = measure_correlations(rows, metric)
-        if cors:
-            md += ["Does a measure predict transfer? Kendall's τ with measured transfer across source checkpoints "
-                   "(bootstrap 95% CI). A useful distance has τ < 0, a useful LogME τ > 0; a CI that spans 0 "
-                   "shows no predictive power here.\n",
-                   _md_table(["regime", "measure", "τ (95% CI)", "n checkpoints", "p", "as expected?"],
-                             [[c["regime"], c["label"], f"{c['tau']:+.2f} ({c['lo']:+.2f} to {c['hi']:+.2f})"
-                               if math.isfinite(c["tau"]) else "—", c["n"],
-                               f"{c['p']:.3f}" if math.isfinite(c["p"]) else "—",
-                               ("yes" if (c["lo"] > 0 if c["expect"] == "+" else c["hi"] < 0) else
-                                "opposite" if (c["hi"] < 0 if c["expect"] == "+" else c["lo"] > 0) else
-                                "not shown") if math.isfinite(c["lo"]) else "—"] for c in cors]), ""]
+    axis_fits = {axis: fit_axis(rows, axis, metric, n_boot) for axis in AXES}
+    domains, _ = section_domains(rows, metric, out)
+    fits_md, _ = section_fits(axis_fits, out)
+    fewshot_md, _ = section_fewshot(rows, metric, out)
+    md = (section_intro(results, rows, other, metric, title, preamble) + ["## Headline\n"] + domains
+          + section_exponents(axis_fits) + section_cells(rows, metric) + section_pretraining(rows, metric)
+          + fits_md + fewshot_md + section_measures(rows, metric))
     path = out / "report.md"
     atomic_write_bytes(path, "\n".join(md).encode())
     return path

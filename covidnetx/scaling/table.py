@@ -2,9 +2,12 @@
 
 * Tables: covidnetx's results JSONL (``ResultRow``s; finished rows, the latest per ``run_id`` where rows
   carry one), any other JSONL, or any CSV with a header. Rows need only the columns a command names.
-* Cells: the runs that share everything but the seed. A cell of n >= 2 runs is shown as
-  "mean ± std (n)"; a cell of one run as its value with the run's own test-set 95% interval,
-  "value [lo–hi] (n=1)". A mean is never shown without its n.
+* Cells: the runs that share everything but the seed. **n counts independent units**: the runs that
+  start from one pre-trained checkpoint (few-shot draws on it) are one unit, averaged first; every other
+  run (pre-training, scratch, one transfer per checkpoint) is its own unit. A cell of n >= 2 units is
+  shown as "mean ± std (n)", with the number of runs where it differs ("(n=3; 15 runs)"); a cell of one
+  unit as its value with its test-set 95% interval, "value [lo–hi] (n=1)". A mean is never shown
+  without its n.
 * Chance: a cell whose balanced accuracy cannot be told from chance (1 / number of classes) is flagged
   wherever it is shown and left out of fits. Its interval is the run's test-set interval (n = 1), or,
   for n >= 2, mean ± the root-sum-square of the seeds' t-interval half-width and the runs' mean test-set
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from covidnetx.scaling.stats import t975
 from covidnetx.utils import UserError
 
 # x axes derived from covidnetx result rows (other names are read as columns)
@@ -132,11 +136,6 @@ def collapsed(row: dict) -> bool:
     return bool(k and k > 1 and len(ppv) == k and sum(v is not None for v in ppv) == 1)
 
 
-def t975(dof: int) -> float:
-    from scipy.stats import t
-    return float(t.ppf(0.975, dof))
-
-
 def summarise(values, los=None, his=None, normal: bool = False) -> dict:
     """n, mean, std (ddof 1), and the cell's 95% interval: the run's own test interval for n = 1, else
     mean ± sqrt(seed half-width^2 + mean test half-width^2), the seed half-width t-based (or normal)."""
@@ -157,6 +156,44 @@ def summarise(values, los=None, his=None, normal: bool = False) -> dict:
     return out
 
 
+def unit_key(row, unit: str | None = None):
+    """The independent unit a row belongs to: the value of column ``unit`` when given; else, for
+    covidnetx rows, the pre-trained checkpoint it starts from (``pretrain_seed``; rows of one cell share
+    everything else) or, without one, its own seed; rows of other tables are each their own unit."""
+    if unit:
+        return ("unit", json.dumps(row.get(unit), sort_keys=True, default=str))
+    if row.get("pretrain_seed") is not None:
+        return ("checkpoint", row.get("pretrain_seed"))
+    if row.get("seed") is not None and "task" in row:
+        return ("seed", row.get("seed"))
+    return ("row", id(row))
+
+
+def units(rows: list, metric: str, unit: str | None = None) -> list:
+    """The cell's independent units, each the mean over its runs: [{'value', 'lo', 'hi', 'runs'}] with
+    the runs' mean test-set interval (rows without the metric are skipped)."""
+    groups = {}
+    for r in rows:
+        if isinstance(r.get(metric), (int, float)) and not isinstance(r.get(metric), bool):
+            groups.setdefault(unit_key(r, unit), []).append(r)
+    out = []
+    for rs in groups.values():
+        los = [r.get(f"{metric}_ci_lo") for r in rs]
+        his = [r.get(f"{metric}_ci_hi") for r in rs]
+        ok = all(isinstance(v, (int, float)) for v in los + his)
+        out.append({"value": float(np.mean([r[metric] for r in rs])), "runs": len(rs),
+                    "lo": float(np.mean(los)) if ok else None, "hi": float(np.mean(his)) if ok else None})
+    return out
+
+
+def summarise_units(rows: list, metric: str, normal: bool = False) -> dict:
+    """``summarise`` over the cell's independent units, plus 'runs' (the rows behind them)."""
+    us = units(rows, metric)
+    out = summarise([u["value"] for u in us], [u["lo"] for u in us], [u["hi"] for u in us], normal=normal)
+    out["runs"] = sum(u["runs"] for u in us)
+    return out
+
+
 def cell_flags(rows: list) -> dict:
     """Chance and collapse flags of one cell (rows = its runs): {'chance': bool|None, 'collapsed': k,
     'interval': (lo, hi) of balanced accuracy}. ``chance`` is None where the rows cannot tell."""
@@ -165,8 +202,7 @@ def cell_flags(rows: list) -> dict:
     n_coll = sum(collapsed(r) for r in rows)
     if not k or any(not isinstance(b, (int, float)) for b in ba):
         return {"chance": None, "collapsed": n_coll, "interval": (float("nan"), float("nan"))}
-    s = summarise(ba, [r.get("balanced_accuracy_ci_lo") for r in rows], [r.get("balanced_accuracy_ci_hi") for r in rows],
-                  normal=True)
+    s = summarise_units(rows, "balanced_accuracy", normal=True)
     lo = s["lo"]
     at_chance = (n_coll == len(rows)) or (math.isfinite(lo) and lo <= 1.0 / k) or (
         not math.isfinite(lo) and s["mean"] <= 1.0 / k)
@@ -181,15 +217,16 @@ def format_cell(rows: list, metric: str, scale: float = 100.0, digits: int = 1) 
     flags = cell_flags(rows)
     if flags["collapsed"] == len(rows):
         return f"collapsed (n={len(rows)})"
-    s = summarise(vals, [r.get(f"{metric}_ci_lo") for r in rows], [r.get(f"{metric}_ci_hi") for r in rows])
+    s = summarise_units(rows, metric)
     f = f"{{:.{digits}f}}"
+    n = f"n={s['n']}" + (f"; {s['runs']} runs" if s["runs"] > s["n"] else "")
     if s["n"] == 1:
         txt = f.format(scale * s["mean"])
         if math.isfinite(s["lo"]):
             txt += f" [{f.format(scale * s['lo'])}–{f.format(scale * s['hi'])}]"
-        txt += " (n=1)"
+        txt += f" ({n})"
     else:
-        txt = f"{f.format(scale * s['mean'])} ± {f.format(scale * s['std'])} (n={s['n']})"
+        txt = f"{f.format(scale * s['mean'])} ± {f.format(scale * s['std'])} ({n})"
     if flags["collapsed"]:
         txt += f", {flags['collapsed']} collapsed"
     if flags["chance"]:
