@@ -20,7 +20,7 @@ setup(
         # horovod is built against the installed torch by .ci/setup_env.sh (see README)
         "horovod": ["horovod==0.28.1"],
         "dali": ["nvidia-dali-cuda130"],
-        "test": ["pytest", "pytest-timeout"],
+        "test": ["pytest", "pytest-timeout", "hypothesis"],
     },
     entry_points={"console_scripts": ["covidnetx=covidnetx.cli:main"]},
 )

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from covidnetx import __version__
@@ -24,6 +25,7 @@ SUBCOMMANDS = {
     "bench": ("covidnetx.bench", "run a benchmark from benchmarks/ (pack, loader, train, allreduce, scaling, project, probe, gpu_check)"),
     "study": ("covidnetx.study", "a whole transfer-scaling study from a preset (synthetic, real images, demo)"),
     "demo": ("covidnetx.demo", "the main job: the demo study on built-in generated data"),
+    "baseline": ("covidnetx.baseline", "reproduce MedMNIST v2's PneumoniaMNIST ResNet-18 baseline on kermany-small"),
 }
 
 
@@ -56,6 +58,12 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"covidnetx {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (`covidnetx inspect DATA | head -1`): end quietly, as Unix tools do; stdout
+        # goes to /dev/null so that the interpreter's final flush does not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from covidnetx.utils import UserError, stable_hash
+from covidnetx.utils import UserError, dump_yaml, read_text, read_yaml, stable_hash
 
 
 @dataclass
@@ -25,7 +25,7 @@ class DataConfig:
     fraction: float = 1.0                                 # source data fraction (data-size axis)
     fraction_seed: int = 0                                # seed of the nested class-stratified fraction
     train_split: str = "train"                            # packed split to train on
-    eval_split: str = "val"                               # val | test | "" (no evaluation)
+    eval_split: str = "auto"                              # auto (pretrain: val, transfer: test) | val | test | "" (none)
     val_split: str = "val"                                # transfer: split that selects (linear probe L2 strength)
     verify: bool = True                                   # check shard checksums and labels before reading (once per process)
     loader: str = "torch"                                 # torch | dali
@@ -58,6 +58,7 @@ class OptimConfig:
     batch_size: int = 32           # per rank
     steps: int = 0                 # 0 = from epochs, else BiT-HyperRule (transfer) / 1000 (pre-training); resolved when the run starts
     epochs: float = 0.0            # > 0: steps = ceil(epochs x training-set size / global batch) (steps must be 0)
+    min_steps: int = 0             # with epochs: at least this many steps (small data still trains), else unused
     warmup_steps: int = -1         # -1 = BiT-HyperRule / 5% of steps; resolved when the run starts
     schedule: str = "step"         # step (/10 at decay points) | cosine | constant
     decay_at: List[float] = field(default_factory=list)   # fractions of steps; [] = BiT-HyperRule's (transfer, steps unset) else 0.4, 0.6, 0.8
@@ -87,6 +88,7 @@ class Config:
     eval_every: int = 0            # 0 = only at the end
     ckpt_every: int = 0            # 0 = only at the end (and on a signal)
     log_every: int = 10            # TensorBoard scalars every this many steps
+    progress_s: float = 30.0       # a console line (step, loss, img/s, ETA) at a log step at most this often (0: each)
     results: str = ""              # results table (JSONL); "" = OUT_DIR/results.jsonl
     source_name: str = ""          # label for the source composition in results ("" = derived)
     target_name: str = ""          # label for the target in results ("" = derived)
@@ -186,6 +188,9 @@ def _build(cls, d: dict, prefix: str = "", schema: Optional["Schema"] = None):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for k in d:
+        if not isinstance(k, str):
+            raise UserError(f"{'key ' + repr(prefix.rstrip('.')) if prefix else 'top level'}: {k!r} is not a key "
+                            "name (keys are text)")
         if k not in names:
             raise _unknown(prefix + k, names, schema)
     kwargs = {k: _coerce(prefix + k, hints[k], v, schema) for k, v in d.items()}
@@ -211,14 +216,16 @@ RANGES = {
     "optim.lr": (0, INF, False, False), "optim.base_batch": (1, INF, True, False),
     "optim.momentum": (0, 1, True, False), "optim.weight_decay": (0, INF, True, False),
     "optim.batch_size": (1, INF, True, False), "optim.steps": (0, INF, True, False),
-    "optim.epochs": (0, INF, True, False), "optim.warmup_steps": (-1, INF, True, False),
+    "optim.epochs": (0, INF, True, False), "optim.min_steps": (0, INF, True, False), "optim.warmup_steps": (-1, INF, True, False),
     "optim.decay_at": (0, 1, True, False), "optim.accum_steps": (1, INF, True, False),
     "optim.grad_clip": (0, INF, True, False), "optim.mixup": (-1, INF, True, False),
     "data.fraction": (0, 1, False, True), "data.workers": (0, INF, True, False),
-    "data.image_size": (1, INF, True, False), "data.resize_size": (0, INF, True, False),
+    "seed": (0, 2 ** 32 - 1, True, True), "seeds": (0, 2 ** 32 - 1, True, True),
+    "data.fraction_seed": (0, 2 ** 32 - 1, True, True), "data.mean": (-10, 10, True, True),
+    "data.image_size": (1, 8192, True, True), "data.resize_size": (0, INF, True, False),
     "data.crop_scale": (0, 1, False, True), "data.rotate_deg": (0, 180, True, True),
     "data.std": (0, INF, False, False), "shots": (1, INF, True, False), "probe_c": (0, INF, False, False),
-    "eval_every": (0, INF, True, False), "ckpt_every": (0, INF, True, False), "log_every": (1, INF, True, False),
+    "eval_every": (0, INF, True, False), "ckpt_every": (0, INF, True, False), "log_every": (1, INF, True, False), "progress_s": (0, INF, True, False),
     "alignment_samples": (0, INF, True, False), "threads": (0, INF, True, False), "bootstrap": (0, INF, True, False),
 }
 
@@ -238,11 +245,17 @@ def _check_range(key: str, value) -> None:
                             f"{' for each value' if isinstance(value, list) else ''})")
 
 
+MAX_RUN_NAME = 200
+
+
 def check_run_name(name: str, key: str = "run_name") -> None:
     """A run name is one folder under out_dir: no path separators, not '.' or '..', no leading '.'."""
-    if name and ("/" in name or "\\" in name or name.startswith(".") or "\0" in name):
+    if name and ("/" in name or "\\" in name or name.startswith(".") or any(ord(c) < 32 or c == "\x7f" for c in name)):
         raise UserError(f"config key {key!r}: {name!r} is not a plain folder name (no '/', no leading '.'): "
                         "runs stay inside out_dir")
+    if len(name.encode()) > MAX_RUN_NAME:
+        raise UserError(f"config key {key!r}: {len(name.encode())} bytes long; at most {MAX_RUN_NAME} (a folder "
+                        "name, with room for the seed suffix and temporary files, under the 255-byte limit)")
 
 
 def validate(cfg: Config) -> Config:
@@ -255,6 +268,11 @@ def validate(cfg: Config) -> Config:
     if cfg.optim.mixup < 0 and cfg.optim.mixup != -1:
         raise UserError(f"config key 'optim.mixup': {cfg.optim.mixup} is not valid (-1 = BiT-HyperRule, or >= 0)")
     check_run_name(cfg.run_name)
+    for key in ("mean", "std"):
+        v = getattr(cfg.data, key)
+        if len(v) not in (1, 3):
+            raise UserError(f"config key 'data.{key}': {v} has {len(v)} values; give 1 (every channel) or 3 "
+                            "(R, G, B; gray images use the first)")
     if cfg.optim.epochs < 0 or (cfg.optim.epochs > 0 and cfg.optim.steps > 0):
         raise UserError("config keys 'optim.epochs'/'optim.steps': give one of them (epochs >= 0)")
     if len(set(cfg.seeds)) != len(cfg.seeds):
@@ -280,10 +298,7 @@ def apply_overrides(d: dict, overrides: list) -> dict:
         if "=" not in item:
             raise UserError(f"override {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as e:
-            raise UserError(f"override {item!r}: cannot parse value ({e})") from None
+        value = read_yaml(raw, f"override {item!r}") if raw != "" else ""
         node = d
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -298,23 +313,23 @@ def load_config(path: Optional[str] = None, overrides: Optional[list] = None, ba
     d: dict = {} if base is None else dict(base)
     if path:
         p = Path(path)
-        if not p.is_file():
+        if not p.exists():
             from importlib import resources
             packaged = resources.files("covidnetx") / "configs" / (path if path.endswith(".yaml") else path + ".yaml")
             if packaged.is_file():
                 p = Path(str(packaged))
             else:
                 raise UserError(f"config file {path!r} not found (nor a packaged preset of that name)")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"{p}: not valid YAML ({e})") from None
+        loaded = read_yaml(read_text(p, "config file"), str(p)) or {}
         if not isinstance(loaded, dict):
             raise UserError(f"{p}: expected a mapping at the top level")
         d = merge(d, loaded)
     full = to_dict(Config())
     d = merge(full, d)
     d = apply_overrides(d, overrides or [])
+    if isinstance(d.get("data"), dict) and d["data"].get("eval_split") == "auto":
+        # the protocol: pre-training is watched on val; a transfer run selects on val and is scored on test
+        d["data"]["eval_split"] = "test" if d.get("task") == "transfer" else "val"
     return validate(_build(Config, d))
 
 
@@ -345,7 +360,7 @@ def run_names(cfg: Config, name: str) -> list:
 
 
 def dump(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=True)
+    return dump_yaml(to_dict(cfg), sort_keys=True)
 
 
 def key_reference(root=None) -> list:
@@ -389,7 +404,7 @@ def format_keys(root=None) -> str:
 
 
 # keys that do not change a run's results: where files go, how often to log, whether to check inputs
-HASH_FREE = ("out_dir", "results", "resume", "run_name", "eval_every", "ckpt_every", "log_every", "threads",
+HASH_FREE = ("out_dir", "results", "resume", "run_name", "eval_every", "ckpt_every", "log_every", "progress_s", "threads",
              "feature_cache", "data.verify")
 # ... and, for a run directory and its resumption, also these
 RUN_KEYS_FREE = HASH_FREE + ("data.workers", "seeds")
@@ -440,4 +455,18 @@ def config_hash(cfg: Config, exclude=HASH_FREE) -> str:
             top, sub = key.split(".", 1)
             if isinstance(d.get(top), dict):
                 d[top] = {k: v for k, v in d[top].items() if k != sub}
+    for key, default in HASH_NEW_DEFAULTS.items():     # keys added later: at their default, as if absent
+        top, sub = key.split(".", 1)
+        if isinstance(d.get(top), dict) and d[top].get(sub) == default:
+            d[top] = {k: v for k, v in d[top].items() if k != sub}
     return stable_hash(d, 12)
+
+
+# keys added after runs were made: at these values a config hashes as it did before the key existed, so
+# the run ids of existing studies (and their resumption) survive an upgrade
+HASH_NEW_DEFAULTS = {"optim.min_steps": 0}
+
+
+def is_probe(cfg: "Config") -> bool:
+    """Transfer by a linear probe on frozen features (linear; few-shot unless fewshot_mode=full)."""
+    return cfg.regime == "linear" or (cfg.regime == "fewshot" and cfg.fewshot_mode == "linear")

@@ -1,10 +1,12 @@
-"""`covidnetx demo`: the main job, a miniature transfer-scaling study on built-in generated data.
+"""`covidnetx demo`: the main job, a miniature transfer-scaling study with a known answer.
 
 It is `covidnetx study --preset demo --out demo_out` (covidnetx.study): generate a natural-like source,
-an X-ray-like source and an X-ray-like target; pack and verify them under ``mpirun -np N``; pre-train
-3 widths and 3 source sizes on each source with 2 seeds; transfer every checkpoint (full fine-tuning,
-linear probe), few-shot probes from the largest, a from-scratch baseline; fit and report. Its fits
-honestly come out ``refused`` (3 widths, 3 sizes: a law needs 5); `covidnetx study` is the full design.
+an X-ray-like source whose classes are built from the primitives that separate the target's classes (a
+planted answer: it must transfer better, and more of it better), and an X-ray-like target; pack and
+verify them under ``mpirun -np N``; pre-train one width at 5 source sizes (12 ... 800 images) on each
+source with 3 seeds; linear probes from every checkpoint, few-shot probes from the largest, a
+from-scratch baseline; fit and report. The report should show the planted ordering (intra - inter > 0
+with a CI over checkpoints) and a data law for the X-ray source that passes its backtest.
 """
 from __future__ import annotations
 

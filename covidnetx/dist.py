@@ -377,7 +377,14 @@ class TorchDist(Dist):
             o += g.numel()
 
     def shutdown(self):
-        self.td.destroy_process_group()
+        # every rank reaches shutdown on an agreed path (a finished or interrupted run, an agreed error; any
+        # other failure ends the job from its rank first): meet before tearing the group down, so that no
+        # rank destroys it while gloo's threads still serve the other's last collective (which aborted the
+        # process at exit, after an interrupted run had saved its checkpoint)
+        try:
+            self.td.barrier()
+        finally:
+            self.td.destroy_process_group()
 
 
 def _rendezvous(world: World):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from covidnetx.results import ResultRow, json_safe
-from covidnetx.utils import UserError, atomic_write_bytes, atomic_write_json
+from covidnetx.utils import UserError, atomic_write_bytes, atomic_write_json, require_file
 
 CONFIG = "config.yaml"
 CKPT = "last.ckpt"
@@ -47,8 +47,7 @@ def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint"):
     """The one place covidnetx reads a checkpoint file: ``torch.load`` with ``weights_only=True`` (tensors,
     numbers, strings and containers). A missing or unreadable file is a UserError naming it."""
     import torch
-    if not os.path.isfile(path):
-        raise UserError(f"{what} {str(path)!r} not found")
+    require_file(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to read is the same user-facing error

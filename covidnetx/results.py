@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from covidnetx.utils import UserError, write_failure
+from covidnetx.utils import UserError, read_json, read_text, write_failure
 
 SCHEMA_VERSION = 1      # raise when a field is renamed, removed or changes meaning (adding one does not)
 
@@ -58,7 +58,7 @@ class ResultRow(Mapping):
     pretrain_epochs: Optional[float]
     source_domain: Optional[str]
     target_domain: Optional[str]
-    domain_pair: Optional[str]         # intra | inter | None
+    domain_pair: Optional[str]         # intra | inter | mixed (a mixture of domains) | None
     img_per_s: float
     precision: str
     mixup: float
@@ -193,19 +193,21 @@ def append_row(path: str | os.PathLike, row: ResultRow) -> None:
 def read_jsonl(path: str | os.PathLike, what: str = "results table") -> list:
     """(line number, object) of each non-empty line; an unreadable line is one UserError naming it."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise UserError(f"{what} {p} not found")
     out = []
-    for n, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append((n, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{p}:{n}: unreadable result row ({e})") from None
+    # lines end at \n only (JSON strings may hold U+2028 and other characters str.splitlines splits at)
+    for n, line in enumerate(read_text(p, what).split("\n"), 1):
+        if line.strip():
+            out.append((n, read_json(line, f"{p}:{n}")))
     return out
 
 
 def load_results(path: str | os.PathLike) -> list:
     """Every row of a covidnetx results table as a checked ``ResultRow``."""
-    return [ResultRow.from_dict(d, f"{path}:{n}") for n, d in read_jsonl(path)]
+    return [r for _, r in result_pairs(path)]
+
+
+def result_pairs(path: str | os.PathLike) -> list:
+    """(where: "file:line", checked ``ResultRow``) of every row of a covidnetx results table."""
+    return [(f"{path}:{n}", ResultRow.from_dict(d, f"{path}:{n}")) for n, d in read_jsonl(path)]

@@ -51,7 +51,28 @@ def settings(sw) -> dict:
     return s
 
 
+# values that a job script holds as words: a path, a name, an account (sbatch reads #SBATCH lines without
+# a shell, so no quoting can protect them); the others (modules, srun_args, command) are shell by design
+WORDS = ("log_dir", "workdir", "python", "jobscripts", "job_name", "account", "partition", "time", "stage")
+UNSAFE = re.compile(r"[\s'\"$`;&|<>()\\*?!{}\[\]#~]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_script_value(key: str, value) -> None:
+    """One UserError for a value that would change a job script's meaning: a control character (a
+    newline would start a new command or #SBATCH line) anywhere, shell or sbatch syntax in a word."""
+    v = str(value)
+    if CONTROL.search(v):
+        raise UserError(f"slurm job script: {key} {v!r} contains a control character (a newline?)")
+    if key in WORDS and UNSAFE.search(v):
+        raise UserError(f"slurm job script: {key} {v!r} contains {UNSAFE.search(v).group()!r}; paths and names in "
+                        "a job script may not hold spaces, quotes or shell syntax (sbatch reads #SBATCH lines "
+                        "without a shell)")
+
+
 def render(template: str, values: dict) -> str:
+    for key, value in values.items():
+        check_script_value(key, value)
     text = (JOBSCRIPTS / TEMPLATES[template]).read_text()
     def sub(m):
         key = m.group(1)
@@ -62,10 +83,12 @@ def render(template: str, values: dict) -> str:
     return "\n".join(l for l in out.splitlines() if l.strip() != "") + "\n"
 
 
-def render_chain(sw, pre: list, tr: list, paths: dict) -> list:
-    """[(stage, script path, script text)] in dependency order; also writes the list files."""
+def render_chain(sw, pre: list, tr: list, paths: dict, write: bool = True) -> list:
+    """[(stage, script path, script text)] in dependency order; writes the scripts and the list files
+    (``write=False``: only says what it would write)."""
     s = settings(sw)
     out = Path(sw.out_dir).resolve()
+    check_script_value("workdir", out)             # out_dir: every list, log and report path lives under it
     jobs = out / "jobs"
     logs = out / "logs"
     base = {"account": s["account"], "partition": s["partition"], "gpus_per_node": s["gpus_per_node"],
@@ -85,7 +108,8 @@ def render_chain(sw, pre: list, tr: list, paths: dict) -> list:
         if not items:
             continue
         lst = jobs / f"{stage}.list"
-        atomic_write_bytes(lst, ("\n".join(str(Path(paths[i[0]]).resolve()) for i in items) + "\n").encode())
+        if write:
+            atomic_write_bytes(lst, ("\n".join(str(Path(paths[i[0]]).resolve()) for i in items) + "\n").encode())
         stages.append((stage, {"nodes": nodes, "tasks_per_node": s["tasks_per_node"], "time": time,
                                "array_line": f"#SBATCH --array=0-{len(items) - 1}",
                                "command": f"runs --list {lst} --index $SLURM_ARRAY_TASK_ID"}))
@@ -96,17 +120,19 @@ def render_chain(sw, pre: list, tr: list, paths: dict) -> list:
         values = {**base, **v, "stage": stage, "job_name": f"{sw.name}-{stage}"}
         text = render(s["template"], values)
         path = jobs / f"{stage}.sbatch"
-        atomic_write_bytes(path, text.encode())
+        if write:
+            atomic_write_bytes(path, text.encode())
         rendered.append((stage, path, text))
-    logs.mkdir(parents=True, exist_ok=True)
+    if write:
+        logs.mkdir(parents=True, exist_ok=True)
     return rendered
 
 
 def submit_chain(sw, pre: list, tr: list, paths: dict, sweep_path: str, dry_run: bool = False) -> int:
-    chain = render_chain(sw, pre, tr, paths)
+    chain = render_chain(sw, pre, tr, paths, write=not dry_run)
     if dry_run:
         for stage, path, text in chain:
-            print(f"# ---- {path} ----")
+            print(f"# ---- {path} (not written: --dry-run) ----")
             print(text)
         return 0
     s = settings(sw)

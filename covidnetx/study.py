@@ -12,11 +12,19 @@ Presets (sizes in images of each source's train split, fixed pre-training epochs
              (25 ... 800 images, 1.5 decades) on resnet_w11; 3 seeds for every pre-training and transfer
              cell; full fine-tuning, linear probe, few-shot k in {1, 5, 10, 25} x 5 seeds from the
              largest model; a from-scratch baseline. 58 minutes on 2 cores (measured).
-  real       the same design on real images: ../shared/data/natural-small (CIFAR-10, inter-domain) and
-             ../shared/data/nih-small (NIH ChestX-ray14, intra-domain) -> ../shared/data/cxr-small.
-             Few-shot k values larger than the smallest target class are left out (printed).
-  demo       the same pipeline, small: 3 widths, 3 sizes, 2 seeds (its fits are refused: 3 points);
-             the main job of `make demo`, a few minutes.
+  real       real images (../shared/data): target kermany-small, three classes (normal / bacterial /
+             viral), val carved from train by patient, the official 624-image test split read once per
+             run. Inter-domain source: all of CIFAR-10 (natural-cifar10) at 8 sizes (80 ... 40,000 images,
+             2.7 decades); intra-domain source: both NIH ChestX-ray14 sets merged (normal vs abnormal) at
+             the 5 matched sizes (80 ... 1,600, 1.3 decades); composition cells at matched sizes (each NIH
+             set alone at 760, CIFAR-10 + NIH mixed at 1,600); 5 widths (resnet_w3 ... w12, 1.2 decades
+             of params) at 1,600 images of each source; 3 seeds per cell; 2 epochs of pre-training with
+             at least 250 steps; full fine-tuning, linear probe, few-shot k in {1, 5, 10, 25, 100} x 5
+             draws from the largest model; a from-scratch baseline; and `covidnetx baseline` (MedMNIST's
+             ResNet-18 on the binary task) beside the published PneumoniaMNIST rows.
+  demo       a generated study with a planted answer (the X-ray-like source's classes are built from the
+             target's discriminative primitives): 1 width, 5 sizes (12 ... 800), 3 seeds, linear probe
+             and few-shot; the main job of `make demo`, about 5 minutes.
 
 --source NAME=DIR (repeatable, with --domain NAME=natural|xray) and --target DIR replace the data.
 """
@@ -33,7 +41,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from covidnetx.utils import UserError, atomic_write_bytes, atomic_write_json
+from covidnetx import config as C
+from covidnetx.utils import UserError, atomic_write_bytes, atomic_write_json, dump_yaml
 
 SHARED = Path(os.environ.get("COVIDNETX_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -49,7 +58,7 @@ _NATURAL_AUG = {"data": {"hflip": True, "crop_scale": 0.6}}     # photos: flips 
 PRESETS = {
     "synthetic": {
         "data": "generated", "generate": {"per_class": 200, "xray_per_class": 250, "target_per_class": 400,
-                                        "target_severity": (0.0, 1.0)},
+                                        "target_severity": (0.0, 1.0), "xray_alignment": None},
         "models": ["resnet_w4", "resnet_w6", "resnet_w11", "resnet_w16", "resnet_w23"],
         "data_models": ["resnet_w11"], "sizes": [25, 60, 140, 330, 800], "seeds": [0, 1, 2],
         "epochs": 10, "shots": [1, 5, 10, 25], "fewshot_seeds": [0, 1, 2, 3, 4],
@@ -57,19 +66,45 @@ PRESETS = {
     },
     "demo": {
         "data": "generated", "generate": {"per_class": 200, "xray_per_class": 250, "target_per_class": 400,
-                                        "target_severity": (0.0, 1.0)},
-        "models": ["resnet_w4", "resnet_w8", "resnet_w16"], "data_models": ["resnet_w8"],
-        "sizes": [60, 200, 800], "seeds": [0, 1], "epochs": 5, "shots": [1, 5, 25], "fewshot_seeds": [0, 1, 2],
-        "scratch": ["resnet_w16"], "transfer_steps": 60,
+                                        "target_severity": (0.0, 1.0), "xray_alignment": 1.0,
+                                        "source_severity": (0.3, 1.0)},
+        "models": ["resnet_w8"], "data_models": ["resnet_w8"],
+        "sizes": [12, 30, 80, 200, 800], "seeds": [0, 1, 2], "steps": 100, "shots": [1, 5, 25],
+        "fewshot_seeds": [0, 1], "scratch": ["resnet_w8"], "transfer_steps": 60,
+        "regimes": ["linear", "fewshot"], "scratch_regimes": ["linear"],
     },
 }
-PRESETS["real"] = {**copy.deepcopy(PRESETS["synthetic"]), "data": "shared", "credits": (
-    "Data: natural-small, 5,000 CIFAR-10 photos (Krizhevsky 2009); nih-small, 1,000 NIH ChestX-ray14 "
-    "radiographs, courtesy of the NIH Clinical Center (Wang et al., \"ChestX-ray8: Hospital-scale Chest X-ray "
-    "Database and Benchmarks on Weakly-Supervised Classification and Localization of Common Thorax Diseases\", "
-    "CVPR 2017; original download site https://nihcc.app.box.com/v/ChestXray-NIHCC); cxr-small, 265 radiographs "
-    "from the COVID-19 image data collection of Cohen, Morrison and Dao (ieee8023/covid-chestxray-dataset, "
-    "arXiv:2003.11597; per-image licences in its labels.csv). Not for clinical use or diagnostic claims.")}
+# The real study (../shared/data): target kermany-small, three classes (normal / bacterial / viral), its
+# official test split read once per run; inter-domain source all of CIFAR-10, intra-domain source both NIH
+# sets merged (pneumonia is an abnormal finding: normal vs abnormal), at matched sizes; composition cells.
+_NIH_MERGE = {"rename": {"pneumonia": "abnormal"}}
+PRESETS["real"] = {
+    "data": "shared", "target": "kermany-small",
+    "packs": {"cifar10": ("natural-cifar10", "0.15"), "natural-small": ("natural-small", "0.15"),
+              "nih-small": ("nih-small", "0.85,0.15,0"), "nih-pneumonia": ("nih-pneumonia", "0.85,0.15,0")},
+    "sources": {
+        "natural": {"packs": ["cifar10"], "domain": "natural", "model_size": 1600,
+                    "sizes": [80, 170, 360, 760, 1600, 5000, 15000, 40000]},
+        "nih": {"packs": ["nih-small", "nih-pneumonia"], "domain": "xray", **_NIH_MERGE},
+        "nih-small": {"packs": ["nih-small"], "domain": "xray", "sizes": [760], "models": ["resnet_w8"]},
+        "nih-pneumonia": {"packs": ["nih-pneumonia"], "domain": "xray", "sizes": [760], "models": ["resnet_w8"],
+                          **_NIH_MERGE},
+        "natural+nih": {"packs": ["natural-small", "nih-small", "nih-pneumonia"], "domain": "mixed",
+                        "sizes": [1600], "models": ["resnet_w8"], **_NIH_MERGE},
+    },
+    "models": ["resnet_w3", "resnet_w4", "resnet_w6", "resnet_w8", "resnet_w12"], "data_models": ["resnet_w8"],
+    "sizes": [80, 170, 360, 760, 1600], "seeds": [0, 1, 2], "epochs": 2, "min_steps": 250,
+    "transfer_steps": 150, "shots": [1, 5, 10, 25, 100], "fewshot_seeds": [0, 1, 2, 3, 4],
+    "scratch": ["resnet_w8"], "baseline": {"model": "resnet_w64", "size": 28, "epochs": 10, "seeds": "0"},
+    "credits": (
+        "Data: kermany-small, 5,840 pediatric chest X-rays (Kermany, Zhang, Goldbaum, Mendeley Data v2, "
+        "doi:10.17632/rscbjbr9sj.2, 2018, CC BY 4.0; Kermany et al., Cell 172(5), 2018); natural-cifar10 and "
+        "natural-small, CIFAR-10 photographs (Krizhevsky 2009); nih-small and nih-pneumonia, NIH ChestX-ray14 "
+        "radiographs, courtesy of the NIH Clinical Center (Wang et al., \"ChestX-ray8: Hospital-scale Chest X-ray "
+        "Database and Benchmarks on Weakly-Supervised Classification and Localization of Common Thorax Diseases\", "
+        "CVPR 2017; original download site https://nihcc.app.box.com/v/ChestXray-NIHCC). Not for clinical use "
+        "or diagnostic claims."),
+}
 
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
@@ -116,45 +151,55 @@ def _ints(s):
 
 
 def raw_data(preset: dict, args, out: Path) -> tuple:
-    """({source name: (raw dir, domain)}, target raw dir)."""
+    """({pack name: (raw dir, splits)}, {source name: {"packs": [pack names], "domain": ..., more source
+    keys}}, target raw dir). ``splits`` is the --val-fraction of a raw folder with a split column, else
+    the --splits fractions; None: the default."""
     doms = dict(d.split("=", 1) for d in args.domain)
     if args.source or args.target:
         if not (args.source and args.target):
             raise UserError("--source and --target go together")
-        srcs = {}
+        raws, srcs = {}, {}
         for item in args.source:
             name, _, path = item.partition("=")
             if not path:
                 name, path = Path(item).name, item
-            srcs[name] = (Path(path), doms.get(name, "natural" if "natural" in name or "cifar" in name else "xray"))
-        return srcs, Path(args.target)
+            raws[name] = (Path(path), None)
+            srcs[name] = {"packs": [name], "domain": doms.get(name, "natural" if "natural" in name or "cifar" in name
+                                                            else "xray")}
+        return raws, srcs, Path(args.target)
     if preset["data"] == "shared":
-        need = [SHARED / n for n in ("natural-small", "nih-small", "cxr-small")]
-        missing = [str(n) for n in need if not (n / "labels.csv").is_file()]
+        names = sorted({d for d, _ in preset["packs"].values()} | {preset["target"]})
+        missing = [str(SHARED / n) for n in names if not (SHARED / n / "labels.csv").is_file()]
         if missing:
             raise UserError(f"the real-image study needs {', '.join(missing)}")
-        return {"natural": (need[0], "natural"), "nih": (need[1], "xray")}, need[2]
+        raws = {k: (SHARED / d, splits) for k, (d, splits) in preset["packs"].items()}
+        return raws, copy.deepcopy(preset["sources"]), SHARED / preset["target"]
     from data_tools.synth import generate
     paths = generate(out / "raw", **preset["generate"])
     print(f"generated raw data under {out / 'raw'}", flush=True)
-    return {"natural": (Path(paths["natural"]), "natural"), "xray": (Path(paths["xray-source"]), "xray")}, \
-        Path(paths["xray-target"])
+    return ({"natural": (Path(paths["natural"]), None), "xray": (Path(paths["xray-source"]), None)},
+            {"natural": {"packs": ["natural"], "domain": "natural"}, "xray": {"packs": ["xray"], "domain": "xray"}},
+            Path(paths["xray-target"]))
 
 
-def pack_all(srcs: dict, target: Path, out: Path, nprocs: int, size: int) -> tuple:
+def pack_all(raws: dict, target: Path, out: Path, nprocs: int, size: int) -> tuple:
+    """Pack and verify every raw folder: ({pack name: packed dir}, packed target)."""
     from covidnetx.launch import mpirun_cmd
     prefix = mpirun_cmd(nprocs) if nprocs > 1 else []
     packed = {}
-    todo = [(name, raw, "0.85,0.15,0") for name, (raw, _) in srcs.items()] + [("target", target, "0.45,0.15,0.4")]
+    todo = [(name, raw, splits) for name, (raw, splits) in raws.items()] + [("target", target, None)]
     for name, raw, splits in todo:
         dst = out / "packed" / name
         cmd = prefix + [sys.executable, "-m", "covidnetx.cli", "pack", _kind(raw), raw, dst, "--seed", "0",
                         "--no-progress", "--size", size]
-        cmd += ["--val-fraction", "0.15"] if _has_split_column(raw) else ["--splits", splits]
+        if _has_split_column(raw):
+            cmd += ["--val-fraction", splits or "0.15"]
+        else:
+            cmd += ["--splits", splits or ("0.45,0.15,0.4" if name == "target" else "0.85,0.15,0")]
         _run(cmd)
         _run([sys.executable, "-m", "covidnetx.cli", "verify", dst])
         packed[name] = dst
-    return {n: packed[n] for n in srcs}, packed["target"]
+    return {n: packed[n] for n in raws}, packed["target"]
 
 
 def feasible_shots(target: Path, shots: list) -> tuple:
@@ -172,30 +217,33 @@ def feasible_shots(target: Path, shots: list) -> tuple:
     return keep, note
 
 
-def write_sweep(out: Path, preset: dict, sources: dict, target: Path, args) -> Path:
-    import yaml
+def write_sweep(out: Path, preset: dict, sources: dict, packed: dict, target: Path, args) -> Path:
     models = args.models.split(",") if args.models else preset["models"]
     data_models = [m for m in preset["data_models"] if m in models] or models[len(models) // 2:len(models) // 2 + 1]
-    epochs = args.epochs or preset["epochs"]
+    epochs = args.epochs or preset.get("epochs")
+    budget = {"epochs": [epochs]} if epochs else {"steps": [preset["steps"]]}
+    pre_cfg = C.merge(_PRE, {"optim": {"min_steps": preset["min_steps"]}}) if preset.get("min_steps") else _PRE
     tr = copy.deepcopy(_TR)
     tr["optim"]["steps"] = preset.get("transfer_steps", tr["optim"]["steps"])
     sw = {
         "name": out.name, "out_dir": str(out / "study"), "np": args.nprocs, "base": copy.deepcopy(_BASE),
-        "sources": {n: {"data": [str(p)], "domain": dom, **({"config": _NATURAL_AUG} if dom == "natural" else {})}
-                    for n, (p, dom) in sources.items()},
+        "sources": {n: {"data": [str(packed[k]) for k in spec["packs"]], "domain": spec["domain"],
+                        **{k: v for k, v in spec.items() if k not in ("packs", "domain")},
+                        **({"config": _NATURAL_AUG} if spec["domain"] == "natural" else {})}
+                    for n, spec in sources.items()},
         "target": {"data": [str(target)], "domain": "xray", "name": "target"},
         "models": models, "data_models": data_models,
         "sizes": _ints(args.sizes) if args.sizes else preset["sizes"],
         "seeds": _ints(args.seeds) if args.seeds else preset["seeds"],
-        "pretrain": {"epochs": [epochs], "config": copy.deepcopy(_PRE)},
-        "transfer": {"regimes": ["full", "linear", "fewshot"], "shots": preset["shots"],
+        "pretrain": {**budget, "config": copy.deepcopy(pre_cfg)},
+        "transfer": {"regimes": preset.get("regimes", ["full", "linear", "fewshot"]), "shots": preset["shots"],
                      "seeds": preset["fewshot_seeds"], "fewshot_from": "largest", "config": tr,
                      "scratch": {"models": [m for m in preset.get("scratch", []) if m in models],
-                                 "regimes": ["full", "linear"]}},
+                                 "regimes": preset.get("scratch_regimes", ["full", "linear"])}},
         "fit": {"metric": "balanced_accuracy"},
     }
     path = out / "sweep.yaml"
-    atomic_write_bytes(path, yaml.safe_dump(sw, sort_keys=False).encode())
+    atomic_write_bytes(path, dump_yaml(sw, sort_keys=False).encode())
     return path
 
 
@@ -206,8 +254,8 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     command = "covidnetx study " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["study"] \
         else f"covidnetx study --preset {args.preset}"
-    srcs, target_raw = raw_data(preset, args, out)
-    packed, target = pack_all(srcs, target_raw, out, args.nprocs, 32)
+    raws, sources, target_raw = raw_data(preset, args, out)
+    packed, target = pack_all(raws, target_raw, out, args.nprocs, 32)
     if args.pack_only:
         print(f"study (pack only) finished in {time.time() - t0:.0f} s; packed data under {out / 'packed'}")
         return 0
@@ -216,8 +264,7 @@ def run(args) -> int:
     if note:
         print(f"covidnetx study: {note}", flush=True)
     preset["shots"] = shots
-    sources = {n: (packed[n], srcs[n][1]) for n in srcs}
-    sweep = write_sweep(out, preset, sources, target, args)
+    sweep = write_sweep(out, preset, sources, packed, target, args)
     from covidnetx import sweep as S
     from covidnetx.record import RunDir
     sw = S.load_sweep(str(sweep))
@@ -232,14 +279,21 @@ def run(args) -> int:
         code = S.run_local(sw, pre, tr, paths, args.nprocs, stage, False)
         if code:
             raise UserError(f"the study's {stage} stage failed (exit {code}); rerun the same command to resume")
+    baseline = ""
+    if preset.get("baseline") and preset["data"] == "shared":
+        from covidnetx.baseline import run_baseline
+        b = preset["baseline"]
+        baseline, _ = run_baseline(SHARED / preset["target"], out / "baseline", b["model"], b["size"], b["epochs"],
+                                   _ints(b["seeds"]), args.nprocs)
     elapsed = time.time() - t0
     info = {"command": command, "preset": args.preset, "seconds": round(elapsed), "done_before": done_before,
             "runs": {"pretrain": len(pre), "transfer": sum(len(s) for *_, s in tr)}, "note": note,
-            "credits": preset.get("credits", "")}
+            "credits": preset.get("credits", ""), "baseline": baseline}
     total = info["runs"]["pretrain"] + info["runs"]["transfer"]
     stamp = out / "study.json"
     if done_before == total and stamp.is_file():      # nothing ran: keep the record of the run that did the work
-        info = {**json.loads(stamp.read_text()), "note": note, "credits": preset.get("credits", "")}
+        info = {**json.loads(stamp.read_text()), "note": note, "credits": preset.get("credits", ""),
+                "baseline": baseline}
     atomic_write_json(stamp, info)
     report = write_study_report(sw, info, [n for n, _ in pre] + [x for *_, subs in tr for x in subs])
     if args.report_to:
@@ -266,11 +320,17 @@ def write_study_report(sw, info: dict, run_ids=None) -> Path:
         pre += f" Note: {info['note']}."
     if info.get("credits"):
         pre += "\n\n" + info["credits"]
+    extra = ""
+    if info.get("baseline"):
+        extra = ("## A published baseline beside covidnetx's\n\nThe target's binary task (bacterial + viral = "
+                "pneumonia) is MedMNIST v2's PneumoniaMNIST (the same 624 official test images). `covidnetx "
+                "baseline` trains MedMNIST's 28-px ResNet-18 from scratch under this study's protocol (the model "
+                "of the last step, no early stopping; the test split read once):\n\n" + info["baseline"])
     res = Path(sw.out_dir) / "results.jsonl"
     pre += ("\n\nThe study's metric is balanced accuracy (the mean of the per-class sensitivities; chance = 1 / "
             "classes), which a model that favours the largest class cannot inflate.")
     return write_report(res, Path(sw.out_dir) / "report", metric=sw.fit.metric,
-                        title=f"Transfer scaling study: {info['preset']}", preamble=pre, run_ids=run_ids)
+                        title=f"Transfer scaling study: {info['preset']}", preamble=pre, run_ids=run_ids, extra=extra)
 
 
 def main(argv=None) -> int:

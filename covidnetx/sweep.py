@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import yaml
 
 from covidnetx import config as C
 from covidnetx.record import RunDir
 from covidnetx.results import load_results
-from covidnetx.utils import UserError, atomic_write_bytes
+from covidnetx.utils import UserError, atomic_write_bytes, read_text, read_yaml
 
 @dataclass
 class SourceSpec:
@@ -34,6 +33,9 @@ class SourceSpec:
     label_space: str = "union"                           # union | intersection of the folders' classes
     rename: dict = field(default_factory=dict)           # class name -> name in the mixture's label space
     config: dict = field(default_factory=dict)           # run config keys for this source's pre-training runs
+    sizes: List[int] = field(default_factory=list)       # this source's data axis in images ([] = the sweep's)
+    models: List[str] = field(default_factory=list)      # this source's models ([] = the sweep's)
+    model_size: int = 0                                  # images for models off the data axis (0 = its largest)
 
 
 @dataclass
@@ -140,12 +142,7 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
 def load_sweep(path: str) -> Sweep:
     """A sweep file, typed and checked: one error naming the key (and the nearest known key for a typo)."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"sweep file {path!r} not found")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{p}: not valid YAML ({e})") from None
+    raw = read_yaml(read_text(p, "sweep file"), str(p)) or {}
     try:
         sw = C.build(SWEEP_SCHEMA, raw)
         check_sweep(sw)
@@ -178,18 +175,24 @@ def check_sweep(sw: Sweep) -> None:
             raise UserError(f"sweep key {key!r}: {bad[0]!r} is not one of {', '.join(allowed)}"
                             + (" (few-shot needs a checkpoint)" if key == "transfer.scratch.regimes" else ""))
     for key, value in (("np", sw.np), ("slurm.nodes", sw.slurm.nodes), ("slurm.transfer_nodes", sw.slurm.transfer_nodes)):
-        if value < 1:
-            raise UserError(f"sweep key {key!r}: {value} is not valid (must be >= 1)")
+        if not 1 <= value <= 100_000:
+            raise UserError(f"sweep key {key!r}: {value} is not valid (must be 1 ... 100000)")
+    for key, values in (("seeds", sw.seeds), ("models", sw.models), ("sizes", sw.sizes), ("fractions", sw.fractions),
+                        ("transfer.shots", sw.transfer.shots), ("transfer.seeds", sw.transfer.seeds)):
+        if len(set(map(str, values))) != len(values):
+            raise UserError(f"sweep key {key!r}: {values} repeats a value (each would be the same run twice)")
     for i, pk in enumerate(sw.pack):
         if not (pk.kind and pk.raw and pk.out):
             raise UserError(f"sweep key 'pack[{i}]': needs kind, raw and out")
 
 
-def _fractions(sw: Sweep, src: SourceSpec) -> list:
-    """The source fractions of the data axis: ``fractions`` as given, or ``sizes`` (images) over the size
-    of this source's train split (so that sources of different sizes meet at the same sizes)."""
-    if not sw.sizes:
-        return [float(f) for f in sw.fractions]
+def _fractions(sw: Sweep, src: SourceSpec) -> tuple:
+    """(the source fractions of the data axis, the fraction for models off it): ``fractions`` as given,
+    or sizes in images (the source's own ``sizes``, else the sweep's) over the size of this source's train
+    split, so that sources of different sizes meet at the same sizes."""
+    sizes = src.sizes or sw.sizes
+    if not sizes:
+        return [float(f) for f in sw.fractions], max(float(f) for f in sw.fractions)
     from covidnetx.data.hdf5 import load_index
     n = 0
     for d in src.data:
@@ -198,11 +201,11 @@ def _fractions(sw: Sweep, src: SourceSpec) -> list:
         except (UserError, KeyError):
             raise UserError(f"sizes: cannot read the train split size of {d!r} (packed dataset?)") from None
     out = []
-    for size in sw.sizes:
+    for size in sizes + ([src.model_size] if src.model_size else []):
         if not 0 < size <= n:
             raise UserError(f"sizes: {size} images asked of a source with {n} train images ({src.data})")
         out.append(round(size / n, 6))
-    return out
+    return out[:len(sizes)], (out[-1] if src.model_size else max(out))
 
 
 def expand(sw: Sweep) -> tuple:
@@ -225,9 +228,9 @@ def expand(sw: Sweep) -> tuple:
     tgt = sw.target
     largest = {}
     for src_name, src in sw.sources.items():
-        fracs = _fractions(sw, src)
-        for model in sw.models:
-            for frac in (fracs if model in data_models else [max(fracs)]):
+        fracs, model_frac = _fractions(sw, src)
+        for model in src.models or sw.models:
+            for frac in (fracs if model in data_models else [model_frac]):
                 for kind, amount in budget:
                     for seed in sw.seeds:
                         d = C.merge(base, p.config)
@@ -242,7 +245,7 @@ def expand(sw: Sweep) -> tuple:
                         name = f"pre-{src_name}-{model}-f{frac:g}-{tag}-s{seed}-{C.config_hash(cfg)[:8]}"
                         cfg = C.copy_with(cfg, run_name=name)
                         pre.append((name, cfg))
-                        rank = (sw.models.index(model), frac, amount)
+                        rank = ((src.models or sw.models).index(model), frac, amount)
                         if src_name not in largest or rank > largest[src_name][0]:
                             largest[src_name] = (rank, [])
                         if largest[src_name][0] == rank:
@@ -280,16 +283,18 @@ def expand(sw: Sweep) -> tuple:
     return pre, tr
 
 
-def write_configs(sw: Sweep, pre: list, tr: list) -> dict:
+def config_paths(sw: Sweep, pre: list, tr: list) -> dict:
+    """Run name -> OUT/configs/RUN.yaml (where ``write_configs`` puts each run's config)."""
     cdir = Path(sw.out_dir) / "configs"
-    paths = {}
+    return {item[0]: cdir / f"{item[0]}.yaml" for item in pre + tr}
+
+
+def write_configs(sw: Sweep, pre: list, tr: list) -> dict:
+    paths = config_paths(sw, pre, tr)
     for item in pre + tr:
-        name, cfg = item[0], item[1]
-        p = cdir / f"{name}.yaml"
-        text = C.dump(cfg).encode()
+        p, text = paths[item[0]], C.dump(item[1]).encode()
         if not p.is_file() or p.read_bytes() != text:
             atomic_write_bytes(p, text)
-        paths[name] = p
     return paths
 
 
@@ -338,11 +343,15 @@ def run_local(sw: Sweep, pre, tr, paths, nprocs: int, stage: str, dry: bool) -> 
     print(f"sweep {sw.name}: {len(pre)} pre-training runs ({len(todo_pre)} to do), {len(tr)} transfer configs "
           f"({sum(len(s) for *_, s in tr)} runs; {len(todo_tr)} configs to do); {nprocs} process(es) per run",
           flush=True)
-    stages = [("pretrain", todo_pre), ("transfer", todo_tr)]
-    for name, todo in stages:
+    # probes (linear, few-shot on cached features) run as one process: each is one solve on rank 0, and a
+    # second rank would only wait for it, busy-polling the core the solve needs
+    probes = {paths[n] for n, cfg, _ in tr if C.is_probe(cfg)}
+    stages = [("pretrain", todo_pre, nprocs), ("transfer", [p for p in todo_tr if p not in probes], nprocs),
+              ("transfer", [p for p in todo_tr if p in probes], 1)]
+    for name, todo, n_proc in stages:
         if stage not in ("all", name) or not todo:
             continue
-        cmd = (mpirun_cmd(nprocs) if nprocs > 1 else []) + [sys.executable, "-m", "covidnetx.cli", "runs",
+        cmd = (mpirun_cmd(n_proc) if n_proc > 1 else []) + [sys.executable, "-m", "covidnetx.cli", "runs",
                                                               *map(str, todo)]
         if dry:
             print("$ " + " ".join(cmd[:12]) + (f" ... ({len(todo)} configs)" if len(todo) > 1 else ""))
@@ -372,7 +381,12 @@ def run(args) -> int:
         pre, tr = expand(sw)
         if args.status:                  # a query: writes nothing
             return status(sw, pre, tr)
-        paths = write_configs(sw, pre, tr)
+        if args.dry_run:                 # writes nothing: says where the configs would go
+            paths = config_paths(sw, pre, tr)
+            print(f"--dry-run: {len(paths)} run configs would be written to {Path(sw.out_dir) / 'configs'}; "
+                  "nothing is written")
+        else:
+            paths = write_configs(sw, pre, tr)
     except UserError as e:
         print(f"covidnetx sweep: error: {e}", file=sys.stderr)
         return 2

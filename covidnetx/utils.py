@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,125 @@ class AgreedError(UserError):
     """A UserError that every rank of a job raises together (after an error agreement, see
     ``Dist.phase``): rank 0 prints it once and every rank exits 2 normally. Any other failure under a
     multi-rank launcher ends the whole job from the rank that met it."""
+
+
+class _StrictLoader:
+    """Built lazily (PyYAML is imported on first use): a SafeLoader that refuses aliases (no expansion
+    bombs; covidnetx writes none) and duplicate keys (the last would win without a word)."""
+    cls = None
+
+    @classmethod
+    def get(cls):
+        if cls.cls is None:
+            import yaml
+
+            class Loader(yaml.SafeLoader):
+                def compose_node(self, parent, index):
+                    if self.check_event(yaml.AliasEvent):
+                        ev = self.peek_event()
+                        raise _YamlRefused(f"aliases (*{ev.anchor}) are not accepted; write the value out",
+                                           ev.start_mark)
+                    return super().compose_node(parent, index)
+
+                def construct_mapping(self, node, deep=False):
+                    seen = {}
+                    for key_node, _ in node.value:
+                        if key_node.tag == "tag:yaml.org,2002:merge":
+                            raise _YamlRefused("merge keys (<<) are not accepted; write the keys out",
+                                               key_node.start_mark)
+                        try:
+                            key = self.construct_object(key_node, deep=True)
+                            hash(key)
+                        except (TypeError, yaml.YAMLError):
+                            continue          # the base class names an unhashable key
+                        if key in seen:
+                            raise _YamlRefused(f"duplicate key {key!r} (first on line {seen[key] + 1})",
+                                               key_node.start_mark)
+                        seen[key] = key_node.start_mark.line
+                    return super().construct_mapping(node, deep)
+
+            cls.cls = Loader
+        return cls.cls
+
+
+class _YamlRefused(Exception):
+    def __init__(self, msg, mark):
+        super().__init__(msg)
+        self.mark = mark
+
+
+def read_text(path, what: str = "file") -> str:
+    """A user's text file as UTF-8 (a BOM dropped): one UserError naming the file, line and column of the
+    first byte that is not UTF-8, or what the path is when it is not a regular file."""
+    require_file(path, what)
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {col})") from None
+    return text.removeprefix("\ufeff")
+
+
+def read_json(text: str, where: str):
+    """JSON a user handed us: one UserError for anything unreadable (syntax, nesting too deep, a number
+    too long to convert)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where}: unreadable JSON ({e})") from None
+    except RecursionError:
+        raise UserError(f"{where}: JSON nested too deeply") from None
+    except ValueError as e:             # e.g. an integer of more digits than Python converts
+        raise UserError(f"{where}: unreadable JSON ({e})") from None
+
+
+def read_yaml(text: str, where: str):
+    """YAML from a file or option the user hands us: safe types only, no aliases, no duplicate keys;
+    anything else is one UserError naming ``where`` and the line."""
+    import yaml
+    try:
+        return yaml.load(text, Loader=_StrictLoader.get())
+    except _YamlRefused as e:
+        raise UserError(f"{where}:{e.mark.line + 1}: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        why = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise UserError(f"{where}{line}: not valid YAML ({why})") from None
+    except RecursionError:
+        raise UserError(f"{where}: YAML nested too deeply") from None
+    except ValueError as e:             # e.g. an integer of more digits than Python converts
+        raise UserError(f"{where}: unreadable value ({str(e).splitlines()[0]})") from None
+
+
+def dump_yaml(obj, **kw) -> str:
+    """YAML text without anchors or aliases (a value used twice is written twice), so that covidnetx's
+    own files always pass ``read_yaml``."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data):
+            return True
+    return yaml.dump(obj, Dumper=Dumper, **kw)
+
+
+def require_file(path, what: str) -> None:
+    """One UserError unless ``path`` is a regular file: "not found" only where nothing exists; a folder, a
+    FIFO, a device or a socket is named as such (and never opened: reading one could block forever)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UserError(f"{what} {str(path)!r} not found") from None
+    except OSError as e:
+        raise UserError(f"{what} {str(path)!r} cannot be read ({e.strerror})") from None
+    if stat.S_ISREG(mode):
+        return
+    kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "not a regular file")
+    raise UserError(f"{what} {str(path)!r} is {kind}, not a file")
 
 
 def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:

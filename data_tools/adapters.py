@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from covidnetx.utils import UserError
+from covidnetx.utils import UserError, require_file
 from data_tools.manifest import Manifest, Row
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
@@ -69,8 +69,10 @@ def _first_bad_utf8(path: Path) -> tuple:
 
 
 def _csv_rows(reader, path: Path):
-    """csv.reader's rows; bytes that are not UTF-8 are an error naming the line."""
+    """(the physical line where the row starts, csv.reader's row) of each row (a quoted field may span
+    lines); bytes that are not UTF-8 are an error naming the line."""
     while True:
+        start = reader.line_num + 1
         try:
             values = next(reader)
         except StopIteration:
@@ -79,30 +81,32 @@ def _csv_rows(reader, path: Path):
             line, col, byte = _first_bad_utf8(path)
             raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{byte:02x} at column {col})") from None
         except csv.Error as e:
-            raise UserError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
-        yield values
+            raise UserError(f"{path}:{start}: malformed CSV ({e})") from None
+        yield start, values
 
 
 def read_csv(path: Path, required: list[str]) -> Iterator[tuple[str, dict]]:
     """Yield (``file:line``, row dict). Missing columns, and a row whose number of fields differs from the
     header's (a missing or extra comma shifts every later column), are errors naming the line; only
     empty trailing fields past the last named column are tolerated (spreadsheet exports)."""
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
+    require_file(path, "metadata file")
     with _open_text(path) as f:
         reader = csv.reader(f)
         rows = _csv_rows(reader, path)
-        header = next(rows, None)
+        header = next(rows, (1, None))[1]
         if header is None:
             raise UserError(f"{path}: empty file")
         header = [h.strip() for h in header]
+        dup = [h for h in header if h and header.count(h) > 1]
+        if dup:
+            raise UserError(f"{path}:1: column {dup[0]!r} appears twice in the header")
         missing = [c for c in required if c not in header]
         if missing:
             raise UserError(f"{path}:1: missing column(s) {', '.join(missing)} (header: {', '.join(header)})")
         pos = {c: header.index(c) for c in header if c}
         named = max(pos.values()) + 1          # unnamed trailing header columns (NIH's trailing comma) may be absent
-        for values in rows:
-            where = f"{path}:{reader.line_num}"
+        for line, values in rows:
+            where = f"{path}:{line}"
             if not values or (len(values) == 1 and not values[0].strip()):
                 continue
             if len(values) < named or any(v.strip() for v in values[named:]):

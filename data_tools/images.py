@@ -5,12 +5,15 @@ from typing import Optional
 
 import numpy as np
 
+from covidnetx.utils import require_file
+
 RESIZE_MODES = ("shorter-crop", "stretch", "shorter", "none")
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
 def image_channels(path: str) -> int:
     from PIL import Image
+    require_file(path, "image")
     with Image.open(path) as img:
         if img.mode == "P":
             return 1 if _palette_is_gray(img) else 3
@@ -33,6 +36,7 @@ def load_image(path: str, channels: int, size: Optional[int], resize: str = "sho
     """
     from PIL import Image, ImageOps
 
+    require_file(path, "image")             # a FIFO or a device would block or never end
     with Image.open(path) as img:
         img.load()
         img = ImageOps.exif_transpose(img)

@@ -11,6 +11,7 @@ import numpy as np
 
 from covidnetx.data.compose import LABEL_SPACES, Mixture, few_shot
 from covidnetx.data.hdf5 import PackedDataset
+from covidnetx.utils import UserError
 
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
@@ -28,7 +29,10 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
 
 def run(args) -> int:
     parts = [PackedDataset(d, args.split) for d in args.dirs]
-    rename = dict(kv.split("=", 1) for kv in args.rename.split(",")) if args.rename else None
+    pairs = [kv.split("=", 1) for kv in args.rename.split(",")] if args.rename else []
+    if any(len(kv) != 2 for kv in pairs):
+        raise UserError(f"--rename {args.rename!r}: expected old=new,old2=new2")
+    rename = dict(pairs) or None
     mix = Mixture(parts, args.label_space, args.fraction, args.seed, rename)
     for d, p in zip(args.dirs, parts):
         print(f"{d} [{args.split}]: {len(p)} images, {p.label_kind}, classes {p.class_names}, "

@@ -45,6 +45,8 @@ class Manifest:
                     shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
                     raise UserError(f"{r.where or shown}: {what} {shown!r} is not UTF-8 (the packed index stores "
                                     "UTF-8 text); rename it") from None
+                if any(ord(c) < 32 or c == "\x7f" for c in text):
+                    raise UserError(f"{r.where or r.path}: {what} {text!r} contains a control character")
         if not allow_outside_root:
             for r in self.rows:
                 norm = os.path.normpath(r.path)

@@ -9,9 +9,12 @@ every shard whose file and sidecar checksum agree with the plan and writes only 
 from __future__ import annotations
 
 import argparse
+import difflib
+import fcntl
 import os
 import sys
 import traceback
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -141,7 +144,29 @@ def make_plan(args) -> dict:
             shards.append({"split": split, "k": k, "start": start, "rows": part,
                            "file": H.shard_name(split, k),
                            "plan_hash": stable_hash([settings, split, k, start, content], 32)})
-    return {"manifest": manifest, "splits": splits, "settings": settings, "shards": shards}
+    return {"manifest": manifest, "splits": splits, "settings": settings, "shards": shards,
+            "warnings": rare_class_warnings(manifest, bool(args.classes))}
+
+
+RARE = 3                 # a class with fewer images than this (or under 1% of the largest) is suspicious
+
+
+def rare_class_warnings(manifest: Manifest, classes_given: bool) -> list:
+    """A class with very few images is often a typo of another label ("pnuemonia"): one warning per such
+    class, with the nearest other label by spelling."""
+    if manifest.label_kind != "multiclass" or classes_given:
+        return []
+    counts = Counter(r.label for r in manifest.rows)
+    if len(counts) < 2:
+        return []
+    largest = max(counts.values())
+    out = []
+    for c, n in sorted(counts.items()):
+        if n < max(RARE, 0.01 * largest):
+            near = difflib.get_close_matches(c, [o for o in counts if o != c], n=1, cutoff=0.6)
+            out.append(f"class {c!r} has only {n} image(s)" + (f" (a typo of {near[0]!r}?)" if near else "")
+                       + "; --classes A,B,... makes any other label an error")
+    return out
 
 
 def deal(shards: list, size: int) -> list:
@@ -159,19 +184,58 @@ def deal(shards: list, size: int) -> list:
 # one shard
 # ----------------------------------------------------------------------------------------------------
 def source_stamp(plan: dict, sh: dict) -> str:
-    """What a shard's source files were when it was written: (path, size, mtime) of each, hashed. A kept
-    shard must match it, so a changed or replaced image is packed again (stat only: cheap on any file
-    system, and each rank stamps only the shards it handles)."""
+    """What a shard's source files were when it was written: (path, SHA-256 of the content) of each,
+    hashed. A kept shard must match it, so a changed image is packed again even where its size and
+    modification time were kept (``cp -p``, ``rsync -t``, tar); each rank stamps only the shards it
+    handles, so the reads run in parallel."""
     root = Path(plan["manifest"].root)
     stamp = []
     for i in sh["rows"]:
         path = plan["manifest"].rows[i].path
         try:
-            st = os.stat(root / path)
-            stamp.append((path, st.st_size, st.st_mtime_ns))
+            stamp.append((path, sha256_file(root / path) if (root / path).is_file() else None))
         except OSError:
-            stamp.append((path, -1, -1))
+            stamp.append((path, None))
     return stable_hash(stamp, 32)
+
+
+LOCK_NAME = ".pack.lock"
+
+
+def unlock_out(f) -> None:
+    """Remove the lock file (while still holding it: no second writer has it) and release the lock."""
+    try:
+        os.unlink(f.name)
+    except OSError:
+        pass
+    f.close()
+
+
+def lock_out(out: Path):
+    """Rank 0's exclusive lock on the output folder for the whole pack (``unlock_out`` removes it; the
+    kernel releases it however the process ends): a second writer gets one error instead of both
+    exiting 0 over one folder."""
+    ensure_writable_dir(out, "output folder")        # the folder's own problems first, named as such
+    try:
+        f = open(out / LOCK_NAME, "a+")
+    except OSError as e:
+        raise UserError(f"{out}: cannot create the pack's lock file ({e.strerror or e})") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise UserError(f"{out}: another covidnetx pack is writing this folder ({holder or 'pid unknown'}); "
+                        "wait for it, or pack into another folder") from None
+    try:                      # who holds it, for the second writer's message (a full disk only loses this note)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        f.flush()
+    except OSError:
+        pass
+    return f
 
 
 def shard_is_done(out: Path, sh: dict, plan: dict) -> bool:
@@ -281,6 +345,15 @@ def clean_stale(out: Path, plan: dict) -> None:
 # driver
 # ----------------------------------------------------------------------------------------------------
 def run(args) -> int:
+    held = []                     # rank 0's lock on the output folder, removed however the pack ends
+    try:
+        return _run(args, held)
+    finally:
+        for f in held:
+            unlock_out(f)
+
+
+def _run(args, held: list) -> int:
     import time
     comm = get_comm()
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -300,10 +373,15 @@ def run(args) -> int:
             print(f"covidnetx pack: error: {next(e for e in errors if e)}", file=sys.stderr)
         return 2
     if rank == 0:
+        for w in plan["warnings"]:
+            print(f"covidnetx pack: warning: {w}", file=sys.stderr)
         try:
+            held.append(lock_out(out))
             prepare_out(out)
         except UserError as e:
             error = str(e)
+        except Exception as e:  # noqa: BLE001 - told to every rank, which then exit together
+            error = f"rank 0: {type(e).__name__}: {e}"
     error = comm.bcast(error, root=0)       # every rank waits for rank 0's verdict, never for a crashed rank 0
     if error:
         if rank == 0:

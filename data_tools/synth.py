@@ -5,13 +5,24 @@ Three raw datasets, written in two real raw layouts:
 * ``natural/``     imagefolder, RGB 32x32: shapes on textured colour backgrounds
                    (classes disc, square, cross, ring, stripes) -- a natural-image-like source;
 * ``xray-source/`` csv (path,label,patient_id,view,source), gray 64x64 synthetic chest radiographs with
-                   classes clear, effusion, nodule, cardiomegaly, several images per patient -- an
-                   X-ray-like source whose classes differ from the target's;
+                   classes clear, consolidation, peripheral, effusion, several images per patient -- an
+                   X-ray-like source;
 * ``xray-target/`` csv, gray 64x64 radiographs with classes normal, pneumonia (one dense focal
                    consolidation), COVID-19 (bilateral faint peripheral opacities) -- the target.
 
+**A planted transfer structure** (``xray_alignment``, a in [0, 1]): each image of the source's
+``consolidation`` class carries the target's pneumonia primitive (a focal consolidation in one lung) with
+probability a, else an unrelated nodule; each ``peripheral`` image carries the target's COVID-19 primitive
+(bilateral peripheral opacities) with probability a, else an enlarged heart. At a = 1 the X-ray-like
+source's classes are built from the very primitives that separate the target's classes, so features
+learned on it serve the target by construction; at a = 0 its classes share nothing with the target's
+beyond the anatomy. The natural-like source's shapes on textured colour backgrounds share nothing with
+the target either: with a > 0, pre-training on the X-ray-like source must transfer better (linear probe,
+few-shot), more of it better up to the floor the target's ambiguous cases set (``target_severity``
+draws some findings near invisible).
+
 Every class is defined by visible structure (a small CNN learns them); patients share anatomy across
-their images, so patient-grouped splits matter. Output depends only on the seed.
+their images, so patient-grouped splits matter. Output depends only on the arguments and the seed.
 """
 from __future__ import annotations
 
@@ -22,7 +33,10 @@ from pathlib import Path
 import numpy as np
 
 NATURAL_CLASSES = ["disc", "square", "cross", "ring", "stripes"]
-XRAY_SOURCE_CLASSES = ["clear", "effusion", "nodule", "cardiomegaly"]
+XRAY_SOURCE_CLASSES = ["clear", "consolidation", "peripheral", "effusion"]
+UNALIGNED_SOURCE_CLASSES = ["clear", "effusion", "nodule", "cardiomegaly"]   # xray_alignment=None: no planted structure
+# source class -> (the target primitive it carries with probability xray_alignment, the unrelated one else)
+ALIGNED = {"consolidation": ("pneumonia", "nodule"), "peripheral": ("COVID-19", "cardiomegaly")}
 XRAY_TARGET_CLASSES = ["normal", "pneumonia", "COVID-19"]
 
 
@@ -125,7 +139,7 @@ def _write_csv(path: Path, rows: list) -> None:
 
 
 def _xray_set(root: Path, classes, per_class: int, images_per_patient: tuple, source: str,
-              rng: np.random.Generator, size: int, severity=(1.0, 1.0)) -> None:
+              rng: np.random.Generator, size: int, severity=(1.0, 1.0), alignment: float | None = None) -> None:
     rows = []
     pid = 0
     for cls in classes:
@@ -137,24 +151,35 @@ def _xray_set(root: Path, classes, per_class: int, images_per_patient: tuple, so
                                per_class - made)):
                 rel = f"images/{cls}/{source}-p{pid:04d}-{made:04d}.png"
                 sev = rng.uniform(*severity) if severity[0] < severity[1] else severity[0]
-                _save(chest_image(patient, cls, rng, size, sev), root / rel)
+                finding = cls
+                if alignment is not None and cls in ALIGNED:
+                    finding = ALIGNED[cls][0] if rng.uniform() < alignment else ALIGNED[cls][1]
+                _save(chest_image(patient, finding, rng, size, sev), root / rel)
                 rows.append([rel, cls, f"{source}-p{pid:04d}", rng.choice(["PA", "AP"]), source])
                 made += 1
     _write_csv(root / "labels.csv", rows)
 
 
 def generate(out: str | os.PathLike, per_class: int = 160, target_per_class: int = 100, seed: int = 0,
-             xray_size: int = 64, xray_per_class: int | None = None, target_severity=(1.0, 1.0)) -> dict:
+             xray_size: int = 64, xray_per_class: int | None = None, target_severity=(1.0, 1.0),
+             xray_alignment: float | None = 1.0, source_severity=(0.4, 1.0)) -> dict:
     """Write the three raw datasets under ``out``; return {name: path}. Skips what is already complete.
     ``per_class``: natural images per class; ``xray_per_class``: X-ray source images per class (default
     per_class); ``target_per_class``: target images per class; ``target_severity``: the range the
     target's finding contrast is drawn from per image (low values: subtle, sometimes ambiguous cases, so
-    that no model reaches zero error)."""
+    that no model reaches zero error); ``xray_alignment``: the planted alignment of the X-ray-like source
+    with the target (module docstring; None: the earlier source, findings clear / effusion / nodule /
+    cardiomegaly at full contrast, sharing nothing planted with the target); ``source_severity``: the
+    source findings' contrast range."""
+    if xray_alignment is not None and not 0.0 <= xray_alignment <= 1.0:
+        raise ValueError(f"xray_alignment {xray_alignment} is not in [0, 1]")
     out = Path(out)
     xray_per_class = per_class if xray_per_class is None else xray_per_class
     paths = {"natural": out / "natural", "xray-source": out / "xray-source", "xray-target": out / "xray-target"}
     stamp = out / ".complete"
     want = f"{per_class} {target_per_class} {seed} {xray_size} {xray_per_class} {tuple(target_severity)}\n"
+    if xray_alignment is not None:
+        want = want[:-1] + f" {xray_alignment} {tuple(source_severity)} v2\n"
     if stamp.is_file() and stamp.read_text() == want:
         return {k: str(v) for k, v in paths.items()}
     import shutil
@@ -165,7 +190,11 @@ def generate(out: str | os.PathLike, per_class: int = 160, target_per_class: int
     for cls in NATURAL_CLASSES:
         for i in range(per_class):
             _save(natural_image(cls, rng), paths["natural"] / cls / f"{cls}-{i:04d}.png")
-    _xray_set(paths["xray-source"], XRAY_SOURCE_CLASSES, xray_per_class, (2, 5), "synth-cxr", rng, xray_size)
+    if xray_alignment is None:
+        _xray_set(paths["xray-source"], UNALIGNED_SOURCE_CLASSES, xray_per_class, (2, 5), "synth-cxr", rng, xray_size)
+    else:
+        _xray_set(paths["xray-source"], XRAY_SOURCE_CLASSES, xray_per_class, (2, 5), "synth-cxr", rng, xray_size,
+                  tuple(source_severity), alignment=xray_alignment)
     _xray_set(paths["xray-target"], XRAY_TARGET_CLASSES, target_per_class, (1, 3), "synth-covidx", rng,
               xray_size, tuple(target_severity))
     stamp.write_text(want)

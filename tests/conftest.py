@@ -75,3 +75,29 @@ def packed(tmp_path_factory, cxr_small, natural_small) -> Path:
     run_cli("pack", "csv", natural_small, root / "nat", "--no-progress", "--val-fraction", "0.1")
     run_cli("pack", "csv", cxr_small, root / "cxr", "--size", "32", "--no-progress")
     return root
+
+
+# ------------------------------------------------------------------------------------------- markers
+# `pytest -m "not mp"` is the fast loop: it leaves out the tests that launch several processes (mpirun,
+# horovodrun, the local Slurm cluster) or a whole study. A test is "mp" when its module is one of these
+# or its own source launches one of them, so a new test is marked by what it does, not by memory.
+MP_MODULES = {"test_train_mp", "test_horovod", "test_slurm", "test_planted"}
+MP_WORDS = ("mpirun", "np_=2", "np_=np_", "need_mpirun", "horovodrun", "study.run", '"study"', "slurm_cluster",
+            '"demo"', "benchmarks/")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "mp: launches several processes (mpirun, horovodrun, Slurm) or a whole "
+                                       "study; `pytest -m 'not mp'` is the fast loop")
+
+
+def pytest_collection_modifyitems(config, items):
+    import inspect
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        try:
+            src = inspect.getsource(item.function)
+        except (OSError, TypeError):
+            src = ""
+        if module in MP_MODULES or any(w in src for w in MP_WORDS):
+            item.add_marker(pytest.mark.mp)

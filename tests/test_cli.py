@@ -1,3 +1,4 @@
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -49,52 +50,80 @@ def test_demo_packing_stage_with_two_ranks(tmp_path):
     assert len(PackedDataset(packed / "target", "train")) == tgt["splits"]["train"]["count"]
 
 
-def test_study_on_the_real_images_shrunk(tmp_path, natural_small, cxr_small):
-    """`covidnetx study --preset real` (natural-small and nih-small -> cxr-small), shrunk: pack, pre-train
-    2 widths and 2 sizes with 2 seeds (np=2), transfer in every regime, a scratch baseline, fit, report.
-    The report's cells follow the n-rules, hold the runs' numbers, and its fits refuse 2 points."""
+def _shrunk_real(preset: dict) -> dict:
+    p = copy.deepcopy(preset)
+    p["packs"] = {k: v for k, v in p["packs"].items() if k != "cifar10"}
+    p["sources"] = {"natural": {"packs": ["natural-small"], "domain": "natural"},
+                    "nih": p["sources"]["nih"],
+                    "nih-small": {**p["sources"]["nih-small"], "sizes": [120], "models": ["resnet_w4"]}}
+    p.update(models=["resnet_w4", "resnet_w6"], data_models=["resnet_w4"], sizes=[40, 120], seeds=[0, 1],
+             shots=[1, 25], epochs=1, min_steps=0, transfer_steps=20, scratch=["resnet_w4"],
+             baseline={"model": "resnet_w4", "size": 28, "epochs": 0.2, "seeds": "0"})
+    return p
+
+
+def _study(out, capsys):
+    from covidnetx import study
+    args = study.build_parser().parse_args(["--preset", "real", "--out", str(out), "--np", "2"])
+    assert study.run(args) == 0
+    return capsys.readouterr().out
+
+
+def test_study_on_the_real_images_shrunk(tmp_path, monkeypatch, capsys, natural_small):
+    """`covidnetx study --preset real` shrunk (natural-small, the NIH sets merged and alone -> kermany-small,
+    three classes): pack, pre-train 2 widths and 2 sizes with 2 seeds (np=2), transfer in every regime, a
+    scratch baseline, the MedMNIST baseline, fit, report. The report's cells follow the n-rules, hold the
+    runs' numbers, and its fits refuse 2 points."""
     need_mpirun()
+    from covidnetx import study
     from tests.conftest import shared
-    shared("nih-small")
+    for name in ("nih-small", "nih-pneumonia", "kermany-small"):
+        shared(name)
+    monkeypatch.setitem(study.PRESETS, "real", _shrunk_real(study.PRESETS["real"]))
     out = tmp_path / "s"
-    r = subprocess.run([sys.executable, "-m", "covidnetx.cli", "study", "--preset", "real", "--out", str(out), "--np", "2",
-                        "--models", "resnet_w4,resnet_w6", "--sizes", "40,120", "--seeds", "0,1", "--shots", "1,25",
-                        "--epochs", "1"], capture_output=True, text=True, cwd=REPO, timeout=1500)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "few-shot k = 25 left out: class 'normal' has" in r.stdout       # cxr-small has 12 normal images
+    stdout = _study(out, capsys)
     from covidnetx.results import load_results
     from covidnetx.scaling.table import format_cell
     rows = [x for x in load_results(out / "study" / "results.jsonl") if x["final"]]
     assert sorted({x["regime"] for x in rows}) == ["fewshot", "full", "linear", "pretrain"]
-    assert {x["source"] for x in rows} == {"natural", "nih", "scratch"}
-    assert all(x["world_size"] == 2 and x["target"] == "target" for x in rows if x["task"] == "transfer")
+    assert {x["source"] for x in rows} == {"natural", "nih", "nih-small", "scratch"}
+    assert {x["n_classes"] for x in rows if x["task"] == "transfer"} == {3}          # normal, bacterial, viral
+    assert {x["n"] for x in rows if x["task"] == "transfer" and x["regime"] != "fewshot"} == {624}   # official test
+    nih = [x for x in rows if x["task"] == "pretrain" and x["source"] == "nih"]
+    assert {x["n_classes"] for x in nih} == {2}                      # pneumonia renamed to abnormal: merged
+    # full fine-tuning under the study's 2 ranks; probes (linear, few-shot) run as one process
+    assert all(x["world_size"] == (2 if x["regime"] == "full" else 1) and x["target"] == "target"
+               for x in rows if x["task"] == "transfer")
     pre = [x for x in rows if x["task"] == "pretrain"]
-    assert len(pre) == 2 * 3 * 2 and {x["seed"] for x in pre} == {0, 1}         # L design: 3 cells x 2 seeds
+    assert len(pre) == 2 * 3 * 2 + 2 and {x["seed"] for x in pre} == {0, 1}   # L design x 2 sources, nih-small
     report = (out / "study" / "report" / "report.md").read_text()
     assert report.startswith("# Transfer scaling study: real") and "Command: `covidnetx study" in report
+    assert "## A published baseline beside covidnetx's" in report and "| MedMNIST v2: ResNet-18 (28) | 28 px | 0.944 | 0.854 |" in report
+    assert "covidnetx: resnet_w4 from scratch, 0.2 epochs | 28 px |" in report
     table = report.split("## Transfer results")[1].split("\n## ")[0]
     header = [h.strip() for h in table.splitlines()[2].strip("|").split("|")]
     for src in ("natural", "nih"):
-        cell = [x for x in rows if x["source"] == src and x["regime"] == "full" and x["model"] == "resnet_w4"]
+        cell = [x for x in rows if x["source"] == src and x["regime"] == "full" and x["model"] == "resnet_w4"
+                and x["pretrain_train_size"] == max(y["pretrain_train_size"] for y in rows if y["source"] == src
+                                                    and y["model"] == "resnet_w4" and y["task"] == "transfer")]
         assert len(cell) == 2 and {x["pretrain_seed"] for x in cell} == {0, 1}
-        line = [l for l in table.splitlines() if l.startswith(f"| {src} | resnet_w4 |")][0]
+        line = [l for l in table.splitlines() if l.startswith(f"| {src} | resnet_w4 |")][-1]
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[header.index("full")] == format_cell(cell, "balanced_accuracy")
         assert "(n=2)" in cells[header.index("full")] or "collapsed" in cells[header.index("full")]
     assert "### Intra- minus inter-domain transfer (paired over checkpoints)" in report
+    # the NIH set alone (120 images) pairs with the natural source at its matched size, not at its rank
+    assert "(nih-small − natural) | 2 |" in report        # 2 seeds at 120 images; not the natural 40-image pairs
     assert "| params | " in report and "| ok |" not in report             # 2 widths: every fit refused
     for name in ("error-vs-params.png", "error-vs-data.pdf", "fewshot.png", "fits-params.csv", "domains.png"):
         assert (out / "study" / "report" / name).is_file(), name
-    assert f"report: {out / 'study' / 'report' / 'report.md'}" in r.stdout
+    assert f"report: {out / 'study' / 'report' / 'report.md'}" in stdout
     # rows of runs the plan does not have (an earlier version of the study in the same table) never add to n
     import json
     stray = dict(cell[0], run_id="from-an-earlier-version-of-the-study", time=cell[0]["time"] + 1)
     with open(out / "study" / "results.jsonl", "a") as f:
         f.write(json.dumps(stray) + "\n")
-    r = subprocess.run([sys.executable, "-m", "covidnetx.cli", "study", "--preset", "real", "--out", str(out), "--np", "2",
-                        "--models", "resnet_w4,resnet_w6", "--sizes", "40,120", "--seeds", "0,1", "--shots", "1,25",
-                        "--epochs", "1"], capture_output=True, text=True, cwd=REPO, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    _study(out, capsys)
     again = (out / "study" / "report" / "report.md").read_text()
     assert "1 row(s) of runs outside this study's plan" in again
     assert again.split("## Transfer results")[1].split("\n## ")[0] == table

@@ -126,3 +126,14 @@ def test_a_resumed_run_must_resolve_to_the_schedule_it_started_with(tmp_path):
         rd.check_resolved(resolve_run(cfg, 265, 2)[0])
     rd.write_config(C.dump(cfg))          # a config saved before schedules were resolved: its unset keys match
     rd.check_resolved(resolve_run(cfg, 265, 2)[0])
+
+
+def test_keys_added_later_leave_existing_run_ids_alone():
+    """optim.min_steps came after studies were run: at its default a config hashes as before it existed
+    (the value pinned here is the hash covidnetx gave this config before the key), so run ids and the
+    resumption of existing studies survive the upgrade; a non-default value changes the hash."""
+    from covidnetx import config as C
+    cfg = C.load_config(None, ["task=pretrain"])
+    assert C.config_hash(cfg) == "9fbcb8dd03b2"
+    assert C.config_hash(C.load_config(None, ["task=pretrain", "optim.min_steps=250"])) != "9fbcb8dd03b2"
+    assert C.config_hash(C.load_config(None, ["task=pretrain", "progress_s=5"])) == "9fbcb8dd03b2"

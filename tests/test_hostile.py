@@ -77,7 +77,7 @@ def test_paths_outside_the_raw_root(tmp_path, path):
 @pytest.mark.parametrize("override, message", [
     ("optim.steps=-5", "config key 'optim.steps': -5 is not valid (must be >= 0)"),
     ("log_every=0", "config key 'log_every': 0 is not valid (must be >= 1)"),
-    ("data.image_size=0", "config key 'data.image_size': 0 is not valid (must be >= 1)"),
+    ("data.image_size=0", "config key 'data.image_size': 0 is not valid (must be in [1, 8192])"),
     ("data.image_size=-8", "config key 'data.image_size': -8 is not valid"),
     ("threads=-1", "config key 'threads': -1 is not valid (must be >= 0)"),
     ("data.workers=-1", "config key 'data.workers': -1 is not valid (must be >= 0)"),

@@ -174,8 +174,11 @@ def test_study_design_expansion_seeds_sizes_and_scratch(tmp_path):
     for name, n in (("nat", 1000), ("xr", 500)):
         d = tmp_path / name
         d.mkdir()
-        (d / "index.json").write_text(json.dumps({"format": "covidnetx-packed", "schema_version": 1,
-                                                  "splits": {"train": {"count": n}}}))
+        shard = {"file": "shards/train-00000.h5", "start": 0, "count": n, "sha256": "0" * 64, "bytes": 0}
+        (d / "index.json").write_text(json.dumps({      # an index that passes the schema (no shard is read)
+            "format": "covidnetx-packed", "schema_version": 1, "name": name, "kind": "csv",
+            "label_kind": "multiclass", "class_names": ["a", "b"], "encoding": "png", "channels": 1,
+            "image_size": None, "num_samples": n, "sources": [], "skipped": [], "splits": {"train": {"count": n, "shards": [shard]}}}))
     p = _sweep(tmp_path, sources={"nat": {"data": [str(tmp_path / "nat")], "domain": "natural",
                                           "config": {"data": {"hflip": True}}},
                                   "xr": {"data": [str(tmp_path / "xr")], "domain": "xray"}},
@@ -238,7 +241,9 @@ def test_a_non_editable_install_renders_a_slurm_sweep(tmp_path):
     r = subprocess.run([str(venv / "bin" / "covidnetx"), "sweep", str(sweep), "--executor", "slurm", "--dry-run"],
                        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    script = (elsewhere / "study" / "jobs" / "pretrain.sbatch").read_text()
+    assert not (elsewhere / "study").exists()                  # --dry-run writes nothing
+    script = r.stdout.split(f"# ---- {elsewhere / 'study' / 'jobs' / 'pretrain.sbatch'} (not written: --dry-run) ----")[1]
+    script = script.split("# ---- ")[0]
     assert f"source {jobscripts}/common.sh" in script and (Path(jobscripts) / "common.sh").is_file()
     assert str(REPO) not in script
     assert (Path(vsite) / "covidnetx" / "configs" / "pretrain_cpu.yaml").is_file()

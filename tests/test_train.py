@@ -129,23 +129,36 @@ def test_evaluate_command_and_its_errors(packed, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []     # atomic --out
 
 
+# The interrupted run signals itself at the start of step 20: a real SIGUSR1 through the real handler
+# and exit path, at a step that does not depend on how fast this machine is (a signal sent from outside
+# after a sleep can arrive after a 60-step run has finished).
+SIGNAL_AT_STEP = """
+import os, signal, sys
+from covidnetx.train import engine
+step = engine.Trainer._step
+def signalling_step(self, s, *a, **k):
+    if s == 20:
+        os.kill(os.getpid(), signal.SIGUSR1)
+    return step(self, s, *a, **k)
+engine.Trainer._step = signalling_step
+from covidnetx.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_resume_after_sigusr1_gives_identical_weights(packed, tmp_path):
     # with MixUp, whose draws are keyed by step: the resumed run mixes as the uninterrupted one did
     args = pretrain_args(packed / "nat", tmp_path, steps=60, extra=["backend=none", "data.eval_split=", "optim.mixup=0.2"])
     cmd = [sys.executable, "-m", "covidnetx.cli", *args]
     ref = tmp_path / "ref"
     subprocess.run([*cmd, f"out_dir={ref}"], check=True, cwd=REPO, capture_output=True)
-    p = subprocess.Popen([*cmd], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.run([sys.executable, "-c", SIGNAL_AT_STEP, *args], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
     run = tmp_path / "pre"
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((run / "tb").glob("events*")):
-        time.sleep(0.05)
-    time.sleep(1.0)
-    p.send_signal(signal.SIGUSR1)
-    _, err = p.communicate(timeout=120)
+    err = p.stderr
     assert p.returncode == 75, err
     stopped = torch.load(run / "last.ckpt", weights_only=False)["step"]
-    assert 0 < stopped < 60, "the run ended before the signal arrived"
+    assert 0 < stopped < 60, stopped
     assert f"interrupted at step {stopped}" in err
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and f"resumed from {run / 'last.ckpt'}" in r.stdout

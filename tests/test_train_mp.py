@@ -139,22 +139,18 @@ def test_gloo_asked_for_under_mpirun_is_one_clear_error(packed, tmp_path, var):
     assert not (out / "pre").exists()
 
 
-def _rank_pid(marker: str, rank: int, timeout: float = 120.0) -> int:
-    """The pid of the launched python process of `rank` whose command line contains `marker`."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for d in Path("/proc").iterdir():
-            if not d.name.isdigit():
-                continue
-            try:
-                cmd = (d / "cmdline").read_bytes()
-                env = (d / "environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if marker.encode() in cmd and b"covidnetx.cli" in cmd and f"OMPI_COMM_WORLD_RANK={rank}".encode() in env:
-                return int(d.name)
-        time.sleep(0.05)
-    raise AssertionError(f"no rank {rank} process with {marker} in its command line")
+SIGNAL_RANK_1_AT_STEP_40 = """
+import os, signal, sys
+from covidnetx.train import engine
+step = engine.Trainer._step
+def signalling_step(self, s, *a, **k):
+    if s == 40 and os.environ.get("OMPI_COMM_WORLD_RANK") == "1":
+        os.kill(os.getpid(), signal.SIGUSR1)
+    return step(self, s, *a, **k)
+engine.Trainer._step = signalling_step
+from covidnetx.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 @pytest.mark.parametrize("backend", ["horovod", "torch"])
@@ -166,17 +162,14 @@ def test_signal_to_one_rank_stops_both_at_one_step_and_resume_matches(packed, tm
     steps = 150
     args = pretrain_args(packed / "nat", tmp_path, steps=steps,
                          extra=[f"backend={backend}", "data.eval_split=", "optim.weight_decay=0.001"])
-    cmd = mpirun_cmd(2) + [sys.executable, "-m", "covidnetx.cli", *map(str, args)]
     ref = tmp_path / "ref"
     _mpirun([*args, f"out_dir={ref}"])
-    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # rank 1 signals itself at the start of step 40: a real SIGUSR1 to one rank, at a step that does not
+    # depend on how fast this machine is (a signal sent from outside after a sleep can arrive too late)
+    code = SIGNAL_RANK_1_AT_STEP_40
+    p = subprocess.Popen(mpirun_cmd(2) + [sys.executable, "-c", code, *map(str, args)], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = tmp_path / "pre"
-    rank1 = _rank_pid(f"out_dir={tmp_path}", 1)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((run / "tb").glob("events*")):
-        time.sleep(0.05)
-    time.sleep(1.0)
-    os.kill(rank1, signal.SIGUSR1)
     out, err = p.communicate(timeout=300)
     assert p.returncode == 75, out[-2000:] + err[-3000:]
     stopped = torch.load(run / "last.ckpt", weights_only=False)["step"]

@@ -32,13 +32,15 @@ import bisect
 import io
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import h5py
 import numpy as np
 
-from covidnetx.utils import UserError, atomic_write_bytes, atomic_write_json, sha256_file
+from covidnetx.utils import (UserError, atomic_write_bytes, atomic_write_json, read_json, read_text, require_file,
+                             sha256_file)
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "covidnetx-packed"
@@ -167,8 +169,9 @@ def bad_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def shard_intact(path: Path, entry: dict) -> bool:
-    """A shard file is what index.json lists: its size (when listed) and its SHA-256."""
-    return path.stat().st_size == entry.get("bytes", path.stat().st_size) and sha256_file(path) == entry["sha256"]
+    """A regular shard file is what index.json lists: its size and its SHA-256 (the size first, so a
+    hash never reads more than the listed bytes' worth of a file of the right size)."""
+    return path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]
 
 
 def merge_counts(into: dict, counts: dict) -> dict:
@@ -222,8 +225,9 @@ def check_shard(root: str | os.PathLike, entry: dict, label_kind: str, class_nam
     its SHA-256 as listed, its datasets of one length equal to the listed count, its labels in range.
     What ``covidnetx verify`` runs for every shard."""
     f = Path(root) / entry["file"]
-    if not f.is_file():
-        return [f"{entry['file']}: missing"], {}, set()
+    problem = shard_problem(root, entry)
+    if problem:
+        return [problem], {}, set()
     if not shard_intact(f, entry):
         return [f"{entry['file']}: checksum mismatch (file changed or corrupt)"], {}, set()
     problems = []
@@ -236,9 +240,12 @@ def check_shard(root: str | os.PathLike, entry: dict, label_kind: str, class_nam
         labels = h["label"][()]
         srcs = [x.decode() if isinstance(x, bytes) else x for x in h["source"][()]]
         pids = {x.decode() if isinstance(x, bytes) else x for x in h["patient_id"][()]}
+    if labels.shape[1:] != (() if label_kind == "multiclass" else (len(class_names),)):
+        return problems + [f"{entry['file']}: labels of shape {labels.shape[1:]} per sample, but the index says "
+                           f"{label_kind} over {len(class_names)} classes"], {}, pids - {""}
     try:
         counts = count_classes(labels, srcs, class_names, label_kind)
-    except ValueError as e:
+    except (ValueError, IndexError) as e:
         return problems + [f"{entry['file']}: {e}"], {}, pids - {""}
     return problems, counts, pids - {""}
 
@@ -253,18 +260,98 @@ def index_path(root: str | os.PathLike) -> Path:
 
 def load_index(root: str | os.PathLike) -> dict:
     p = index_path(root)
+    if p.exists() or p.is_symlink():
+        require_file(p, "index")
     if not p.is_file():
         raise UserError(f"{root}: not a packed dataset (no {INDEX_NAME}; was the pack interrupted?)")
-    try:
-        index = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{p}: unreadable index ({e})") from None
-    if index.get("format") != FORMAT_NAME:
+    index = read_json(read_text(p, "index"), str(p))
+    if not isinstance(index, dict) or index.get("format") != FORMAT_NAME:
         raise UserError(f"{p}: not a {FORMAT_NAME} index")
-    if index.get("schema_version") != SCHEMA_VERSION:
+    if not _is_int(index.get("schema_version")) or index.get("schema_version") != SCHEMA_VERSION:
         raise UserError(f"{p}: schema_version {index.get('schema_version')} but this covidnetx reads "
                         f"{SCHEMA_VERSION}; repack the dataset")
+    check_index(index, p)
     return index
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# index.json's keys and what each must be (the schema the reader holds the file to)
+_INDEX_KEYS = {
+    "name": lambda v: isinstance(v, str), "kind": lambda v: isinstance(v, str),
+    "label_kind": lambda v: v in ("multiclass", "multilabel"),
+    "class_names": lambda v: isinstance(v, list) and v and all(isinstance(c, str) for c in v)
+    and len(set(v)) == len(v),
+    "encoding": lambda v: v in ("raw", "png", "jpeg"), "channels": lambda v: _is_int(v) and v in (1, 3),
+    "image_size": lambda v: v is None or (isinstance(v, list) and len(v) == 2
+                                          and all(_is_int(x) and 0 < x <= 1 << 16 for x in v)),
+    "num_samples": lambda v: _is_int(v) and 0 <= v < 1 << 40,
+    "sources": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "skipped": lambda v: isinstance(v, list), "splits": lambda v: isinstance(v, dict) and v,
+}
+_SHARD_KEYS = {"file": lambda v: isinstance(v, str) and v and "\0" not in v,
+               "start": lambda v: _is_int(v) and 0 <= v < 1 << 40, "count": lambda v: _is_int(v) and 0 <= v < 1 << 40,
+               "sha256": lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
+               "bytes": lambda v: _is_int(v) and v >= 0}
+
+
+def check_index(index: dict, p: Path) -> None:
+    """index.json held to its schema (types, required keys, counts that add up, shard files named inside
+    the dataset folder): any violation is one UserError naming the key. Shard files themselves are
+    checked where they are read (``shard_problem``)."""
+    def bad(key, why):
+        raise UserError(f"{p}: key {key!r} {why}; repack the dataset")
+
+    for key, ok in _INDEX_KEYS.items():
+        if key not in index:
+            bad(key, "is missing")
+        if not ok(index[key]):
+            bad(key, f"has an invalid value {str(index[key])[:80]!r}")
+    total = 0
+    for split, entry in index["splits"].items():
+        if not isinstance(entry, dict) or not _is_int(entry.get("count")) or not isinstance(entry.get("shards"), list):
+            bad(f"splits.{split}", "needs a count (integer) and shards (list)")
+        start = 0
+        for k, sh in enumerate(entry["shards"]):
+            where = f"splits.{split}.shards[{k}]"
+            if not isinstance(sh, dict):
+                bad(where, "is not an object")
+            for key, ok in _SHARD_KEYS.items():
+                if key not in sh:
+                    bad(f"{where}.{key}", "is missing")
+                if not ok(sh[key]):
+                    bad(f"{where}.{key}", f"has an invalid value {str(sh[key])[:80]!r}")
+            f = Path(sh["file"])
+            if f.is_absolute() or ".." in f.parts:
+                bad(f"{where}.file", f"{sh['file']!r} is not a path inside the dataset folder")
+            if sh["start"] != start:
+                bad(f"{where}.start", f"is {sh['start']}, the shards before it hold {start}")
+            start += sh["count"]
+        if start != entry["count"]:
+            bad(f"splits.{split}.count", f"is {entry['count']}, its shards hold {start}")
+        total += start
+    if total != index["num_samples"]:
+        bad("num_samples", f"is {index['num_samples']}, the splits hold {total}")
+
+
+def shard_problem(root: Path, entry: dict) -> str:
+    """Why a shard file listed in index.json cannot be read ("" when it can): it must be a regular file
+    inside the dataset folder (after links); its size and checksum are ``shard_intact``'s. Never opens a
+    special file (a FIFO or a device could block or never end)."""
+    f = Path(root) / entry["file"]
+    try:
+        st = os.stat(f)
+    except FileNotFoundError:
+        return f"{entry['file']}: missing"
+    except OSError as e:
+        return f"{entry['file']}: cannot be read ({e.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{entry['file']}: not a regular file (a folder, FIFO or device)"
+    if Path(root).resolve() not in f.resolve().parents:
+        return f"{entry['file']}: links outside the dataset folder"
+    return ""
 
 
 class PackedDataset:
@@ -307,7 +394,19 @@ class PackedDataset:
             self._files, self._images, self._pid = {}, {}, os.getpid()
         f = self._files.get(k)
         if f is None:
-            f = h5py.File(self.root / self.shards[k]["file"], "r")
+            problem = shard_problem(self.root, self.shards[k])      # never open a FIFO, device or outside link
+            if problem:
+                raise UserError(f"{self.root}/{problem} (shard {k} of {self.root}:{self.split}); repack the dataset")
+            path = self.root / self.shards[k]["file"]
+            try:
+                f = h5py.File(path, "r")
+                shape = f["label"].shape
+            except (OSError, KeyError) as e:
+                raise UserError(f"{path}: not a readable HDF5 shard ({e})") from None
+            if shape[1:] != (() if self.label_kind == "multiclass" else (len(self.class_names),)):
+                f.close()
+                raise UserError(f"{path}: labels of shape {shape[1:]} per sample, but {INDEX_NAME} says "
+                                f"{self.label_kind} over {len(self.class_names)} classes; repack the dataset")
             self._files[k] = f
         return f
 
@@ -318,6 +417,9 @@ class PackedDataset:
         ds = self._images.get(k) if self._pid == os.getpid() else None
         if ds is None:
             ds = self._file(k)["image"]
+            if (ds.dtype.kind == "O") != (self.encoding != "raw"):
+                raise UserError(f"{self.root / self.shards[k]['file']}: holds {'encoded' if ds.dtype.kind == 'O' else 'raw'} "
+                                f"images, but {INDEX_NAME} says encoding {self.encoding!r}; repack the dataset")
             if self.encoding == "raw" and ds.chunks is None and ds.compression is None and ds.size:
                 offset = ds.id.get_offset()
                 if offset is not None:
@@ -333,10 +435,10 @@ class PackedDataset:
         where = f"{self.root}:{self.split}"
         for k, sh in enumerate(self.shards):
             f = self.root / sh["file"]
-            try:
-                st = f.stat()
-            except OSError:
-                raise UserError(f"{f}: shard {k} of {where} is missing; repack the dataset") from None
+            problem = shard_problem(self.root, sh)
+            if problem:
+                raise UserError(f"{self.root}/{problem} (shard {k} of {where}); repack the dataset")
+            st = f.stat()
             key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
             if key in _VERIFIED:
                 continue

@@ -36,7 +36,8 @@ class Preprocess:
         """The preprocessing a config's ``data`` section asks for (``augment=False``: evaluation only)."""
         return cls(image_size=data.image_size, resize_size=data.resize_size, augment=data.augment and augment,
                    crop_scale=data.crop_scale, rotate_deg=data.rotate_deg, hflip=data.hflip,
-                   mean=tuple(data.mean), std=tuple(data.std))
+                   mean=tuple(data.mean) * (3 if len(data.mean) == 1 else 1),
+                   std=tuple(data.std) * (3 if len(data.std) == 1 else 1))
 
 
 def center_crop_box(h: int, w: int, size: int) -> tuple:

@@ -49,8 +49,9 @@ class SmallResNet(nn.Module):
 
 
 # the CPU size axis: ~20k ... ~11M parameters (> 500x); w4 ... w23 (one block per stage) are five widths
-# evenly spaced in log(params) over 1.5 decades (20k, 44k, 146k, 308k, 635k), each affordable on a CPU
-SMALL = {"resnet_w4": (4, (1, 1, 1, 1)), "resnet_w6": (6, (1, 1, 1, 1)), "resnet_w8": (8, (1, 1, 1, 1)),
+# evenly spaced in log(params) over 1.5 decades (20k, 44k, 146k, 308k, 635k), each affordable on a CPU;
+# w3 ... w12 (11k, 20k, 44k, 77k, 173k: 1.2 decades) the cheaper axis of the real-data study
+SMALL = {"resnet_w3": (3, (1, 1, 1, 1)), "resnet_w12": (12, (1, 1, 1, 1)), "resnet_w4": (4, (1, 1, 1, 1)), "resnet_w6": (6, (1, 1, 1, 1)), "resnet_w8": (8, (1, 1, 1, 1)),
          "resnet_w11": (11, (1, 1, 1, 1)), "resnet_w16": (16, (1, 1, 1, 1)), "resnet_w23": (23, (1, 1, 1, 1)),
          "resnet_w32": (32, (2, 2, 2, 2)), "resnet_w64": (64, (2, 2, 2, 2))}
 for _name, (_w, _d) in SMALL.items():

@@ -20,7 +20,7 @@ import re
 import numpy as np
 import torch
 
-from covidnetx.utils import UserError
+from covidnetx.utils import UserError, require_file
 
 
 @dataclasses.dataclass
@@ -73,8 +73,7 @@ def _read_safetensors(path: str) -> dict:
 def read(path: str) -> tuple:
     """(format, {name: tensor} as stored, covidnetx metadata) of a weight file."""
     from covidnetx.record import CHECKPOINT_KEYS, load_checkpoint
-    if not os.path.isfile(path):
-        raise UserError(f"weights file {path!r} not found")
+    require_file(path, "weights file")
     low = path.lower()
     if low.endswith(".npz"):
         return "BiT npz", _read_npz(path), {}

@@ -72,8 +72,10 @@ def logme(features: np.ndarray, labels: np.ndarray, n_classes: int, max_iter: in
             gamma = float(t.sum())
             m2 = float(np.sum((beta * sv * z / (alpha + beta * s)) ** 2))
             res2 = float(np.sum((z * alpha / (alpha + beta * s)) ** 2)) + rest
-            a_new = gamma / max(m2, 1e-300)
-            b_new = (n - gamma) / max(res2, 1e-300)
+            # floored: features that are all zero (a dead extractor) give gamma = 0, and the evidence of
+            # such features is then very low instead of a division by zero
+            a_new = max(gamma / max(m2, 1e-300), 1e-300)
+            b_new = max((n - gamma) / max(res2, 1e-300), 1e-300)
             done = abs(a_new - alpha) / alpha < 1e-6 and abs(b_new - beta) / beta < 1e-6
             alpha, beta = a_new, b_new
             if done:

@@ -98,6 +98,8 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
                    help="Huber threshold on log residuals (default: 1.345 x their robust scale)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strict", action="store_true", help="exit 2 unless every group's status is ok")
+    p.add_argument("--drop-invalid", action="store_true", help="leave out (and count) rows whose metric is not "
+                   "finite or outside its range (accuracy-like [0, 1], --error >= 0); default: an error naming them")
     return p
 
 
@@ -424,7 +426,8 @@ def resolve_by(by: str, rows: list) -> list:
 
 
 def run(args) -> int:
-    rows = T.final_rows(T.load_table(args.results))
+    rows, dropped = T.load_checked(args.results, args.metric, args.error, args.drop_invalid)
+    rows = T.final_rows(rows)
     if args.task != "all" and rows and "task" in rows[0]:
         rows = [r for r in rows if r.get("task") == args.task]
     if not rows:
@@ -438,12 +441,18 @@ def run(args) -> int:
         raise UserError(f"--holdout-largest {args.holdout_largest}: give K >= 1 (or 0 for no backtest)")
     if args.bootstrap < 0:
         raise UserError(f"--bootstrap {args.bootstrap}: give a count >= 0")
+    if not 0 < args.alpha < 1:
+        raise UserError(f"--alpha {args.alpha}: a test level is in (0, 1)")
+    for text in args.predict:            # checked up front, whatever the fits' statuses turn out to be
+        _parse_x(text, "joint" if "," in args.x else args.law)
     by = resolve_by(args.by, rows)
     fits = fit_table(rows, args.x, args.metric, by, law=args.law, unit=args.unit, is_error=args.error,
                      n_boot=args.bootstrap, n_perm=args.permutations, alpha=args.alpha, delta=args.huber_delta,
                      seed=args.seed, predict=args.predict, holdout=args.holdout_largest)
     stem = args.x.replace(",", "+")
     out = Path(args.out) if args.out else Path(args.results).parent / "fits"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     write_fits(fits, out, f"fits-{stem}")
     plot_fits(fits, out, f"error-vs-{stem}", f"error vs {stem}", label_keys=by)
@@ -462,6 +471,8 @@ def run(args) -> int:
         ok = [f["backtest"]["status"] for f in fits if f["status"] == "ok"]
         line += (f"; {ok.count('passed')} of {len(ok)} ok law(s) passed their backtest"
                  + (f" ({ok.count('not run')} not run)" if "not run" in ok else ""))
+    if dropped:
+        line += f"; {dropped} row(s) with an invalid {args.metric} left out (--drop-invalid)"
     print(line + f"; wrote {out}/fits-{stem}.json, .csv and error-vs-{stem}.png/.pdf")
     return 2 if (args.strict and counts["ok"] < len(fits)) else 0
 

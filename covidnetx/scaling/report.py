@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from covidnetx.results import load_results
+from covidnetx.results import result_pairs
 from covidnetx.scaling import table as T
 from covidnetx.scaling.fitcmd import (backtest_text, describe, exponent_text, fit_table, plot_fits,
                                       write_fits)
@@ -100,13 +100,26 @@ def section_cells(rows: list, metric: str) -> list:
 
 
 def section_pretraining(rows: list, metric: str) -> list:
-    """Every pre-training cell on its source's val split (n = pre-training seeds), chance flagged."""
+    """Every pre-training cell on its source's val split (n = pre-training seeds) with the 95% interval the
+    chance rule reads (balanced accuracy) and chance itself, chance flagged."""
     h, lines = cell_table(rows, metric, task="pretrain")
     if not lines:
         return []
+    cells = defaultdict(list)
+    for r in rows:
+        if r.task == "pretrain":
+            cells[(str(r.source), str(r.model), _size(r))].append(r)
+    for line in lines:
+        f = T.cell_flags(cells[tuple(line[:3])])
+        lo, hi = f["interval"]
+        line += [f"{100 * lo:.1f}–{100 * hi:.1f}" if math.isfinite(lo) else "—",
+                 f"{100 * f['chance_level']:.1f}" if f.get("chance_level") else "—"]
+    n_chance = sum("⚠ chance" in " ".join(map(str, line)) for line in lines)
     return [f"## Pre-training: {metric} on the source's val split (%)\n",
-            "n = pre-training seeds; **⚠ chance** marks a cell whose pre-training learned nothing measurable "
-            "on its own source.\n", _md_table(h, lines), ""]
+            "n = pre-training seeds; the 95% interval of balanced accuracy combines the seeds' spread and the "
+            "val set's sampling error (the interval the chance rule reads); **⚠ chance** marks a cell whose "
+            f"interval reaches chance (1 / classes): {n_chance} of {len(lines)} cells.\n",
+            _md_table(h + ["balanced accuracy 95% interval", "chance"], lines), ""]
 
 
 # -------------------------------------------------------------------------------------------- domains
@@ -117,21 +130,31 @@ def _pretrain_at_chance(rows: list) -> dict:
             for r in rows if r.task == "pretrain"}
 
 
+def _matched(a: dict, b: dict) -> list:
+    """Pairs of checkpoint keys (model, source size, seed) of two arms: the same model and seed, and the
+    same source size asked for: sizes within 5% or 10 images of each other (class-stratified subsets
+    round per class, so 12 images of 5 classes are 10), each size of arm a with the nearest of arm b."""
+    out = []
+    for model, size, seed in sorted(a, key=str):
+        near = [(abs(s2 - size), (m2, s2, sd2)) for m2, s2, sd2 in b if m2 == model and sd2 == seed]
+        if near:
+            gap, key = min(near)
+            if gap <= max(10, 0.05 * max(size, key[1])):
+                out.append(((model, size, seed), key))
+    return out
+
+
 def paired_domain_differences(rows: list, metric: str) -> list:
     """Per regime (few-shot per k) and pair of sources (each X-ray source against each natural one):
     intra- minus inter-domain transfer over independent units. A unit is a pair of checkpoints, one per
-    source, with the same model, source size (matched by rank among the sizes asked for) and pre-training
+    source, with the same model, source size (the same size asked for: within 5% or 10 images) and pre-training
     seed; each checkpoint's value is the mean over its transfer runs (few-shot draws on one checkpoint are
     not independent). Two analyses: all pairs, and the rule fixed before any transfer result is seen, the
     same for both arms: a pair leaves when either checkpoint's pre-training is at chance on its own
     source's val split. Records: {'regime', 'intra_source', 'inter_source', 'all', 'rule' (each a
     t_interval over pair differences), 'left_out', 'sign_change', 'intra', 'inter', 'mde'} in metric units."""
     tr = [r for r in rows if r.task == "transfer" and r.domain_pair in ("intra", "inter")
-          and isinstance(r.get(metric), (int, float))]
-    sizes = defaultdict(set)
-    for r in tr:
-        sizes[(r.source, r.model)].add(r.pretrain_train_size or 0)
-    rank = {(s, m, n): sorted(v).index(n) for (s, m), v in sizes.items() for n in v}
+          and r.source_domain != "mixed" and isinstance(r.get(metric), (int, float))]   # (older rows: mixed = inter)
     chance = _pretrain_at_chance(rows)
     domain = {r.source: r.domain_pair for r in tr}
     out = []
@@ -139,14 +162,13 @@ def paired_domain_differences(rows: list, metric: str) -> list:
         ck = defaultdict(list)
         for r in tr:
             if _col(r) == col:
-                ck[(r.source, r.model, rank[(r.source, r.model, r.pretrain_train_size or 0)], r.pretrain_seed,
-                    (r.source, r.model, r.pretrain_train_size, r.pretrain_seed))].append(r[metric])
-        arms = defaultdict(dict)         # source -> {(model, size rank, seed): (checkpoint mean, at chance)}
-        for (src, model, rk, seed, pre), vals in ck.items():
-            arms[src][(model, rk, seed)] = (float(np.mean(vals)), chance.get(pre, False))
+                ck[(r.source, r.model, r.pretrain_train_size or 0, r.pretrain_seed)].append(r[metric])
+        arms = defaultdict(dict)         # source -> {(model, size, seed): (checkpoint mean, at chance)}
+        for (src, model, size, seed), vals in ck.items():
+            arms[src][(model, size, seed)] = (float(np.mean(vals)), chance.get((src, model, size, seed), False))
         for intra in sorted(s for s in arms if domain[s] == "intra"):
             for inter in sorted(s for s in arms if domain[s] == "inter"):
-                pairs = [(arms[intra][k], arms[inter][k]) for k in sorted(set(arms[intra]) & set(arms[inter]), key=str)]
+                pairs = [(arms[intra][k], arms[inter][m]) for k, m in _matched(arms[intra], arms[inter])]
                 if not pairs:
                     continue
                 d_all = [a[0] - b[0] for a, b in pairs]
@@ -211,7 +233,7 @@ def section_domains(rows: list, metric: str, out: Path) -> tuple:
                       _pct(d["mde"])])
     md = ["### Intra- minus inter-domain transfer (paired over checkpoints)\n",
           "A unit is a pair of pre-trained checkpoints, one per source (X-ray = intra, natural = inter), with the "
-          "same model, source size (matched by rank among the sizes asked for) and pre-training seed; each "
+          "same model, source size (the same size asked for: within 5% or 10 images) and pre-training seed; each "
           "checkpoint's value is the mean over its transfer runs (few-shot draws on one checkpoint are not "
           "independent units). n = pairs; 95% CI: t-interval over pairs. **All pairs** is the primary analysis. "
           "The rule fixed before any transfer result, applied to both arms alike: a pair leaves when either "
@@ -445,10 +467,16 @@ def section_intro(results, rows: list, other: int, metric: str, title: str, prea
 
 
 def write_report(results, out: Path, metric: str = "accuracy", n_boot: int = 200, title: str = "",
-                 preamble: str = "", run_ids=None) -> Path:
-    """The report of a results table; with ``run_ids`` (a study's plan) only those runs, so rows of runs
-    the plan no longer has (an earlier version of the study in the same table) never add to a cell's n."""
-    rows = T.final_rows(load_results(results))     # covidnetx's own rows, checked
+                 preamble: str = "", run_ids=None, extra: str = "", drop_invalid: bool = False) -> Path:
+    """The report of a results table (``extra``: a Markdown section placed after the headline); with
+    ``run_ids`` (a study's plan) only those runs, so rows of runs the plan no longer has (an earlier version
+    of the study in the same table) never add to a cell's n. A metric value that is not finite or outside
+    [0, 1] is an error naming its line (``drop_invalid``: such rows are left out and counted)."""
+    pairs = result_pairs(results)
+    if pairs and not any(isinstance(r.get(metric), (int, float)) for _, r in pairs):
+        raise UserError(f"{results}: no row has a number in column {metric!r} (--metric)")
+    rows, dropped = T.check_metric(pairs, metric, False, drop_invalid)   # covidnetx's own rows, checked
+    rows = T.final_rows(rows)
     other = 0
     if run_ids is not None:
         keep = set(run_ids)
@@ -461,8 +489,11 @@ def write_report(results, out: Path, metric: str = "accuracy", n_boot: int = 200
     domains, _ = section_domains(rows, metric, out)
     fits_md, _ = section_fits(axis_fits, out)
     fewshot_md, _ = section_fewshot(rows, metric, out)
+    if dropped:
+        preamble = (preamble + "\n\n" if preamble else "") + (f"{dropped} row(s) with a {metric} that is not finite "
+                                                                f"or outside [0, 1] left out (--drop-invalid).")
     md = (section_intro(results, rows, other, metric, title, preamble) + ["## Headline\n"] + domains
-          + section_exponents(axis_fits) + section_cells(rows, metric) + section_pretraining(rows, metric)
+          + section_exponents(axis_fits) + ([extra, ""] if extra else []) + section_cells(rows, metric) + section_pretraining(rows, metric)
           + fits_md + fewshot_md + section_measures(rows, metric))
     path = out / "report.md"
     atomic_write_bytes(path, "\n".join(md).encode())
@@ -475,12 +506,18 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     p.add_argument("--out", default=None, help="report folder (default: beside the results, report/)")
     p.add_argument("--metric", default="accuracy")
     p.add_argument("--bootstrap", type=int, default=200)
+    p.add_argument("--drop-invalid", action="store_true", help="leave out (and count) rows whose metric is not "
+                   "finite or outside [0, 1]; default: an error naming them")
     return p
 
 
 def run(args) -> int:
     out = Path(args.out) if args.out else Path(args.results).parent / "report"
-    path = write_report(args.results, out, args.metric, args.bootstrap)
+    if args.bootstrap < 0:
+        raise UserError(f"--bootstrap {args.bootstrap}: give a count >= 0")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    path = write_report(args.results, out, args.metric, args.bootstrap, drop_invalid=args.drop_invalid)
     print(f"report: {path}")
     return 0
 

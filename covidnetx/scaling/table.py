@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from covidnetx.scaling.stats import t975
-from covidnetx.utils import UserError
+from covidnetx.utils import UserError, read_text
 
 # x axes derived from covidnetx result rows (other names are read as columns)
 DERIVED = {
@@ -40,8 +41,8 @@ def _number(v):
     if v is None or isinstance(v, (int, float)):
         return v
     s = str(v).strip()
-    if s == "" or s.lower() in ("none", "null", "nan", "na"):
-        return None
+    if s == "" or s.lower() in ("none", "null", "na"):
+        return None                  # missing; "nan" is a number that is not finite (the checks name it)
     if s.lower() in ("true", "false"):
         return s.lower() == "true"
     try:
@@ -53,29 +54,79 @@ def _number(v):
 
 def load_table(path) -> list:
     """Rows of a results JSONL or a CSV (numbers parsed, empty cells None)."""
+    return [r for _, r in table_rows(path)]
+
+
+def load_checked(path, metric: str, is_error: bool = False, drop_invalid: bool = False) -> tuple:
+    """(rows, rows left out) of a table whose ``metric`` values are checked (``check_metric``)."""
+    return check_metric(table_rows(path), metric, is_error, drop_invalid)
+
+
+def table_rows(path) -> list:
+    """(where: "file:line", row) of each row of a results JSONL or a CSV (the line where the row starts)."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise UserError(f"table {p} not found")
-    text = p.read_text()
+    text = read_text(p, "table")
     if p.suffix.lower() == ".csv" or (p.suffix.lower() not in (".jsonl", ".json") and not text.lstrip().startswith("{")):
-        lines = text.splitlines()
-        if not lines:
+        if not text.strip():
             raise UserError(f"{p}: empty table")
-        reader = csv.reader(lines)
-        header = next(reader)
-        rows = []
-        for n, fields in enumerate(reader, 2):
-            if not fields:
-                continue
-            if len(fields) != len(header):
-                raise UserError(f"{p}:{n}: {len(fields)} fields, the header has {len(header)}")
-            rows.append({h: _number(v) for h, v in zip(header, fields)})
-        return rows
-    from covidnetx.results import ResultRow, read_jsonl
-    # covidnetx's own rows (they carry their schema version) are checked field by field; other JSONL
-    # tables are read as plain columns
-    return [ResultRow.from_dict(d, f"{p}:{n}") if isinstance(d, dict) and "schema" in d else d
-            for n, d in read_jsonl(p, "table")]
+        reader = csv.reader(io.StringIO(text, newline=""))
+        pairs = []
+        try:
+            header = next(reader)
+            if len(set(header)) != len(header):
+                dup = next(h for h in header if header.count(h) > 1)
+                raise UserError(f"{p}:1: column {dup!r} appears twice in the header")
+            start = reader.line_num + 1
+            for fields in reader:
+                n, start = start, reader.line_num + 1          # the physical line where the row starts
+                if not fields:
+                    continue
+                if len(fields) != len(header):
+                    raise UserError(f"{p}:{n}: {len(fields)} fields, the header has {len(header)}")
+                pairs.append((f"{p}:{n}", {h: _number(v) for h, v in zip(header, fields)}))
+        except csv.Error as e:
+            raise UserError(f"{p}:{reader.line_num}: malformed CSV ({e})") from None
+    else:
+        from covidnetx.results import ResultRow, read_jsonl
+        # covidnetx's own rows (they carry their schema version) are checked field by field; other JSONL
+        # tables are read as plain columns
+        pairs = []
+        for n, d in read_jsonl(p, "table"):
+            if not isinstance(d, dict):
+                raise UserError(f"{p}:{n}: a table row is a JSON object, not {type(d).__name__}")
+            pairs.append((f"{p}:{n}", ResultRow.from_dict(d, f"{p}:{n}") if "schema" in d else d))
+    return pairs
+
+
+def metric_problem(v, is_error: bool) -> str:
+    """Why a metric value cannot enter a table's statistics ("" when it can; a missing value can)."""
+    if v is None:
+        return ""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return f"{v!r} is not a number"
+    if not math.isfinite(v):
+        return f"{v} is not finite"
+    if is_error and v < 0:
+        return f"{v} is below 0 (an error or loss)"
+    if not is_error and not 0 <= v <= 1:
+        return f"{v} is outside [0, 1] (an accuracy-like metric; --error if it is an error or loss)"
+    return ""
+
+
+def check_metric(pairs: list, metric: str, is_error: bool = False, drop_invalid: bool = False) -> tuple:
+    """(rows, rows left out) of (where, row) pairs: a metric value that is not finite or outside its
+    range is one UserError naming file:line and column, or with ``drop_invalid`` the row is left out."""
+    rows, dropped = [], 0
+    for where, r in pairs:
+        why = metric_problem(r.get(metric), is_error)
+        if why and not drop_invalid:
+            raise UserError(f"{where}: column {metric!r}: {why} (--drop-invalid leaves such rows out, counted)")
+        dropped += bool(why)
+        if not why:
+            rows.append(r)
+    return rows, dropped
 
 
 def final_rows(rows: list) -> list:
@@ -101,9 +152,14 @@ def x_value(row: dict, axis: str):
     if axis in DERIVED and "task" in row:
         pre, tr = DERIVED[axis]
         v = row.get(tr if row.get("task") == "transfer" else pre)
-        return None if v is None else float(v)
-    v = row.get(axis)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    else:
+        v = row.get(axis)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return None
+    try:
+        return float(v)
+    except OverflowError:                 # an integer beyond a float's range: not a usable x
+        return None
 
 
 def error_of(row: dict, metric: str, is_error: bool) -> tuple:

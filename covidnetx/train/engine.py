@@ -14,6 +14,7 @@ EXIT_REQUEUE so the job script can requeue.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -108,8 +109,14 @@ def evaluate_model(model: nn.Module, view, cfg: C.Config, dist, pp: Preprocess) 
     loader = make_loader(cfg.data.loader, view, pp, cfg.optim.batch_size, cfg.seed, dist.rank, dist.size,
                          workers=cfg.data.workers, train=False, device=cfg.data.device, torch_device=device)
     scores, labels, keeps = [], [], []
+    per_rank = -(-len(view) // dist.size)
+    n_batches = -(-per_rank // cfg.optim.batch_size)
+    progress = Progress(f"evaluate {cfg.data.eval_split or 'split'}", n_batches, cfg.optim.batch_size * dist.size,
+                        cfg.progress_s, unit="batch") if dist.is_primary else None
     with torch.no_grad():
-        for b in loader:
+        for i, b in enumerate(loader, 1):
+            if progress is not None:
+                progress.step(i)
             with autocast(cfg.precision, device):
                 logits = model(normalize(b["image"], pp, device))
             p = torch.sigmoid(logits.float()) if multilabel else torch.softmax(logits.float(), 1)
@@ -343,6 +350,7 @@ class Trainer:
         # throughput excludes the first steps (lazy init, autotuning) when the run is long enough
         warm_until = step + min(5, (self.steps - step) // 4)
         stop_sum = None            # the ranks' stop flags, summed while the previous step ran
+        progress = Progress(self.run_dir.name, self.steps, self.global_batch, cfg.progress_s, step)
         while step < self.steps:
             if step == warm_until:
                 t_last, n_timed = time.perf_counter(), 0
@@ -364,6 +372,7 @@ class Trainer:
                 for tag, v in (("loss", loss), ("lr", lr), ("img_per_s", ips),
                                ("data_time_frac", batches.data_time / max(1e-9, batches.data_time + t_comp))):
                     writer.add_scalar(f"train/{tag}", v, step)
+                progress.step(step, loss)
             if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < self.steps:
                 self.save(step, samples)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < self.steps:
@@ -427,6 +436,29 @@ class Trainer:
                          flops_fwd=self.flops_fwd, img_per_s=img_per_s, mixup=self.mixup, final=final)
         append_row(self.cfg.results or str(Path(self.cfg.out_dir) / "results.jsonl"), row)
         return row
+
+
+class Progress:
+    """The console line of a long phase, on rank 0 (the caller's test): step / total, loss, images/s over
+    the run so far and the ETA, at most every ``every_s`` seconds (0: at each call); plain lines (no carriage returns), so a Slurm output file shows a slow job from a hung one."""
+
+    def __init__(self, name: str, total: int, batch: int, every_s: float, start: int = 0, unit: str = "step"):
+        self.name, self.total, self.batch, self.every_s, self.unit = name, total, batch, every_s, unit
+        self.t0 = self.t_last = time.perf_counter()
+        self.start = self.last_step = start
+
+    def line(self, step: int, loss, now: float) -> str:
+        ips = (step - self.start) * self.batch / max(1e-9, now - self.t0)
+        eta = (self.total - step) * self.batch / ips if ips > 0 else float("nan")
+        eta_s = f"{int(eta // 60)}m{int(eta % 60):02d}s" if math.isfinite(eta) else "?"
+        return (f"[{self.name}] {self.unit} {step}/{self.total} ({100 * step / max(1, self.total):.0f}%)"
+                + (f" loss {loss:.4f}," if loss is not None else ",") + f" {ips:,.0f} img/s, ETA {eta_s}")
+
+    def step(self, step: int, loss=None) -> None:
+        now = time.perf_counter()
+        if now - self.t_last >= self.every_s:
+            print(self.line(step, loss, now), flush=True)
+            self.t_last, self.last_step = now, step
 
 
 def checkpoint_meta(t: Trainer, step: int, samples_seen: int) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from covidnetx import config as C
-from covidnetx.utils import UserError, atomic_write_json, run_main
+from covidnetx.utils import UserError, atomic_write_json, read_yaml, run_main
 
 SUMMARY = ("n", "accuracy", "balanced_accuracy", "auc", "ap")
 
@@ -40,7 +40,6 @@ def _load_checkpoint(path: str) -> dict:
 
 
 def run(args) -> int:
-    import yaml
     from covidnetx import dist as D
     from covidnetx.dist import end_on_error
     from covidnetx.data.compose import Mixture
@@ -51,7 +50,7 @@ def run(args) -> int:
     from covidnetx.train.tasks import check_sources, packed, set_threads
 
     ck = _load_checkpoint(args.checkpoint)
-    cfg = C.load_config(overrides=list(args.overrides), base=yaml.safe_load(ck["config"]))
+    cfg = C.load_config(overrides=list(args.overrides), base=read_yaml(ck["config"], f"{args.checkpoint}: its config"))
     if not cfg.data.eval_split:
         raise UserError("config key 'data.eval_split' is empty: name the split to evaluate (e.g. data.eval_split=test)")
     check_sources(cfg)

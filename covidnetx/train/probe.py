@@ -40,14 +40,13 @@ from covidnetx.data.loader import make_loader
 from covidnetx.data.transforms import Preprocess, normalize
 from covidnetx.eval.metrics import all_metrics, bootstrap_ci
 from covidnetx.models import count_params, create_model, flops_per_sample, load_state, load_weights
-from covidnetx.utils import UserError, atomic_write_bytes, atomic_write_json, sha256_file
+from covidnetx.utils import UserError, atomic_write_bytes, atomic_write_json, read_yaml, require_file, sha256_file
 
 _SHA: dict = {}
 
 
 def _file_sha(path: str) -> str:
-    if not os.path.isfile(path):
-        raise UserError(f"weights file {path!r} not found")
+    require_file(path, "weights file")
     st = os.stat(path)
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
     if key not in _SHA:
@@ -163,9 +162,8 @@ def _reference_model(cfg: C.Config, num_classes: int, device):
     if not os.path.isfile(ref):
         raise UserError(f"config key 'alignment_reference': {ref!r} is neither random:MODEL nor a checkpoint")
     from covidnetx.train.evaluate import _load_checkpoint
-    import yaml
     ck = _load_checkpoint(ref)
-    m = create_model(yaml.safe_load(ck["config"])["model"]["name"], len(ck["class_names"]))
+    m = create_model(read_yaml(ck["config"], "the checkpoint's config")["model"]["name"], len(ck["class_names"]))
     load_state(m, ck["model"], ref)
     return m.to(device).eval()
 

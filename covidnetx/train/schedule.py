@@ -63,7 +63,7 @@ def resolve_schedule(optim, n_train: int, world_size: int, use_hyperrule: bool) 
     rule = bit_hyperrule(n_train)
     global_batch = optim.batch_size * world_size * optim.accum_steps
     if optim.epochs > 0:
-        steps = max(1, math.ceil(optim.epochs * n_train / global_batch))
+        steps = max(1, optim.min_steps, math.ceil(optim.epochs * n_train / global_batch))
     else:
         steps = optim.steps or (rule["steps"] if use_hyperrule else 1000)
     warmup = optim.warmup_steps if optim.warmup_steps >= 0 else (

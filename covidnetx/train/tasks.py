@@ -26,6 +26,14 @@ from covidnetx.utils import UserError, ensure_writable_dir
 EXIT_NONFINITE = 3
 
 
+def domain_pair(source_domain: str, target_domain: str):
+    """intra (the source's domain is the target's), inter (another), mixed (a mixture of domains), or None
+    where either is not given."""
+    if not (source_domain and target_domain):
+        return None
+    return "mixed" if source_domain == "mixed" else ("intra" if source_domain == target_domain else "inter")
+
+
 def build_parser(parser: Optional[argparse.ArgumentParser] = None, task: str = "pretrain") -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog=f"covidnetx {task}")
     p.add_argument("--config", default=None, help="YAML config file or packaged preset name")
@@ -132,8 +140,7 @@ def plan_runs(cfg: C.Config) -> list:
     meta = {"source": cfg.source_name or im.get("source") or ("scratch" if not cfg.model.init_from else "unknown"),
             "source_fraction": im.get("source_fraction"), "target": cfg.target_name or _name(cfg),
             "init_meta": im, "source_domain": sdom or None,
-            "domain_pair": (("intra" if sdom == cfg.target_domain else "inter") if sdom and cfg.target_domain
-                            else None)}
+            "domain_pair": domain_pair(sdom, cfg.target_domain)}
     if cfg.regime != "fewshot":
         if is_probe(cfg) and cfg.model.init_from and len(seeds) > 1:
             raise UserError("config key 'seeds': a linear probe of one checkpoint is deterministic, so seeds "
@@ -153,9 +160,7 @@ def plan_runs(cfg: C.Config) -> list:
     return runs
 
 
-def is_probe(cfg: C.Config) -> bool:
-    """Transfer by a linear probe on frozen features (linear; few-shot unless fewshot_mode=full)."""
-    return cfg.regime == "linear" or (cfg.regime == "fewshot" and cfg.fewshot_mode == "linear")
+is_probe = C.is_probe
 
 
 def check_run_dir(cfg: C.Config, run_dir: Path, dist, force: bool = False) -> None:

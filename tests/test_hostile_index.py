@@ -1,0 +1,115 @@
+"""A crafted index.json (round two): it is read through one schema check, so a missing or mistyped key,
+a shard named outside the dataset folder or a special file is one error naming it, at once; nothing
+reads /dev/zero or a FIFO."""
+import json
+import os
+import shutil
+import time
+
+import pytest
+
+from covidnetx.cli import main
+from covidnetx.data.hdf5 import PackedDataset, load_index
+from covidnetx.utils import UserError
+
+
+@pytest.fixture
+def copy(packed, tmp_path):
+    dst = tmp_path / "cxr"
+    shutil.copytree(packed / "cxr", dst)
+    return dst
+
+
+def _edit(root, fn):
+    p = root / "index.json"
+    index = json.loads(p.read_text())
+    fn(index)
+    p.write_text(json.dumps(index))
+
+
+def _first(index):
+    return index["splits"]["train"]["shards"][0]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda ix: _first(ix).pop("sha256"), "key 'splits.train.shards[0].sha256' is missing"),
+    (lambda ix: _first(ix).pop("bytes"), "key 'splits.train.shards[0].bytes' is missing"),
+    (lambda ix: _first(ix).update(file="/dev/zero"), "'/dev/zero' is not a path inside the dataset folder"),
+    (lambda ix: _first(ix).update(file="../../etc/passwd"), "is not a path inside the dataset folder"),
+    (lambda ix: _first(ix).update(count="7"), "key 'splits.train.shards[0].count' has an invalid value"),
+    (lambda ix: ix.update(class_names=None), "key 'class_names' has an invalid value"),
+    (lambda ix: ix.pop("channels"), "key 'channels' is missing"),
+    (lambda ix: ix.update(num_samples=ix["num_samples"] + 1), "key 'num_samples' is"),
+    (lambda ix: ix["splits"]["train"].update(count=1), "key 'splits.train.count' is 1, its shards hold"),
+])
+def test_a_crafted_index_is_one_error_naming_the_key(copy, capsys, edit, message):
+    _edit(copy, edit)
+    with pytest.raises(UserError, match="repack the dataset") as e:
+        load_index(copy)
+    assert message in str(e.value)
+    assert main(["verify", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and message in err
+
+
+def test_an_index_that_is_null_or_a_list_is_not_an_index(copy):
+    for text in ("null", "[1, 2]", '"x"'):
+        (copy / "index.json").write_text(text)
+        with pytest.raises(UserError, match="not a covidnetx-packed index"):
+            load_index(copy)
+
+
+def test_a_shard_that_is_a_link_to_a_device_or_fifo_is_named_not_read(copy, tmp_path, capsys):
+    shard = copy / _first(json.loads((copy / "index.json").read_text()))["file"]
+    shard.unlink()
+    os.symlink("/dev/zero", shard)
+    t = time.perf_counter()
+    assert main(["verify", str(copy)]) != 0
+    out = capsys.readouterr()
+    assert "not a regular file" in out.out + out.err and "missing" not in out.out + out.err
+    with pytest.raises(UserError, match="not a regular file"):
+        PackedDataset(copy, "train").verify()
+    shard.unlink()
+    os.mkfifo(shard)
+    with pytest.raises(UserError, match="not a regular file"):
+        PackedDataset(copy, "train").verify()
+    assert time.perf_counter() - t < 30
+
+
+def test_round_two_review_cases(copy, tmp_path, capsys):
+    """Cases an adversarial review found: a shard that is a FIFO is never opened by any reader; an index
+    that says raw over encoded shards is an error, not a crash; non-UTF-8, too-deep and too-long JSON."""
+    index = json.loads((copy / "index.json").read_text())
+    fifo = copy / "shards" / "fifo.h5"
+    os.mkfifo(fifo)
+    _edit(copy, lambda ix: _first(ix).update(file="shards/fifo.h5"))
+    t = time.perf_counter()
+    assert main(["inspect", str(copy)]) == 2
+    assert "not a regular file" in capsys.readouterr().err
+    assert time.perf_counter() - t < 20
+    (copy / "index.json").write_text(json.dumps({**index, "encoding": "raw"}))
+    with pytest.raises(UserError, match="holds encoded images, but index.json says encoding 'raw'"):
+        PackedDataset(copy, "train").read_image(0)
+    for data, message in ((b'{"a": \xff}', r"not UTF-8 text \(byte 0xff"), (b"[" * 100000, "nested too deeply"),
+                          (b'{"a": ' + b"9" * 5000 + b"}", "unreadable JSON")):
+        (copy / "index.json").write_bytes(data)
+        with pytest.raises(UserError, match=message):
+            load_index(copy)
+
+
+def test_a_labels_csv_image_that_is_a_fifo_is_named_not_read(tmp_path):
+    from tests.conftest import run_cli
+    from tests.test_hostile import GOOD, _raw
+    raw = _raw(tmp_path, GOOD[:-1] + ["fifo.png,b,p9,PA,x"])
+    os.mkfifo(raw / "fifo.png")
+    r = run_cli("pack", "csv", raw, tmp_path / "out", "--no-progress", check=False, timeout=60)
+    assert r.returncode == 2 and "is a FIFO (named pipe)" in r.stderr and r.stderr.count("error:") == 1, r.stderr
+
+
+def test_an_index_whose_label_kind_does_not_match_its_shards(copy, capsys):
+    _edit(copy, lambda ix: ix.update(label_kind="multilabel"))
+    assert main(["verify", str(copy)]) != 0
+    out = capsys.readouterr()
+    assert "labels of shape () per sample, but the index says multilabel" in out.out + out.err
+    with pytest.raises(UserError, match="labels of shape"):
+        PackedDataset(copy, "train").read_image(0)
