@@ -311,6 +311,8 @@ def apply_overrides(d: dict, overrides: list) -> dict:
 
 def load_config(path: Optional[str] = None, overrides: Optional[list] = None, base: Optional[dict] = None) -> Config:
     d: dict = {} if base is None else dict(base)
+    if path is not None and not str(path).strip():
+        raise UserError("--config '': give a config file or a packaged preset's name (or leave --config out)")
     if path:
         p = Path(path)
         if not p.exists():

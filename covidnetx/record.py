@@ -19,6 +19,7 @@ import io
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -49,7 +50,9 @@ def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint"):
     import torch
     require_file(path, what)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():      # the one error below says it all (torch warns about pickles first)
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to read is the same user-facing error
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise UserError(f"{what} {str(path)!r} is not readable as a weights-only checkpoint "

@@ -191,3 +191,21 @@ def test_review_round_two_values(tmp_path, capsys):
     big.write_text('width,acc\n4,"' + "x" * 200_000 + '"\n')
     assert main(["fit", str(big), "--x", "width", "--metric", "acc", "--by", ""]) == 2
     assert "malformed CSV" in capsys.readouterr().err
+
+
+class NotWeights:
+    pass
+
+
+def test_an_empty_config_path_and_a_pickle_are_one_line_each(tmp_path, capsys):
+    import torch
+    with pytest.raises(UserError, match=r"--config '': give a config file"):
+        C.load_config("")
+    p = tmp_path / "evil.pth"
+    torch.save({"x": NotWeights()}, p)              # a pickle of an object, not weights
+    import warnings
+    from covidnetx.record import load_checkpoint
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")            # any warning on the way would fail here
+        with pytest.raises(UserError, match="is not readable as a weights-only checkpoint"):
+            load_checkpoint(p)
