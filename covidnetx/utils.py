@@ -71,11 +71,21 @@ def read_text(path, what: str = "file") -> str:
     data = Path(path).read_bytes()
     try:
         text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {col})") from None
+    except UnicodeDecodeError:
+        line, col, byte = first_bad_utf8(data.splitlines(keepends=True))
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{byte:02x} at column {col})") from None
     return text.removeprefix("\ufeff")
+
+
+def first_bad_utf8(lines) -> tuple:
+    """(line, column, byte) of the first byte sequence that is not UTF-8 in ``lines`` (bytes, each with
+    its newline); (0, 0, 0) when there is none."""
+    for n, raw in enumerate(lines, 1):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return n, e.start + 1, raw[e.start]
+    return 0, 0, 0
 
 
 def read_json(text: str, where: str):

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from covidnetx.utils import UserError, require_file
+from covidnetx.utils import UserError, first_bad_utf8, require_file
 from data_tools.manifest import Manifest, Row
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
@@ -60,12 +60,7 @@ def _first_bad_utf8(path: Path) -> tuple:
     and cannot say which line it was on)."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                return n, e.start + 1, raw[e.start]
-    return 0, 0, 0
+        return first_bad_utf8(f)
 
 
 def _csv_rows(reader, path: Path):
