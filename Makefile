@@ -17,6 +17,9 @@ help:
 setup:
 	@bash .ci/setup_env.sh
 
+# the Slurm tests start a local cluster: the set-up installs Slurm and munge for them (Debian; elsewhere
+# it says how, or run `make test COVIDNETX_TEST_CLUSTER=0` and they skip)
+test: export COVIDNETX_TEST_CLUSTER ?= 1
 test: setup
 	$(PY) -m pytest tests -q -ra $(PYTEST_ARGS)
 

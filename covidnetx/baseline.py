@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from covidnetx.utils import UserError, atomic_write_bytes
+from covidnetx.utils import UserError, atomic_write_bytes, machine_summary
 
 PUBLISHED = [  # MedMNIST v2, Table (PneumoniaMNIST): name, input, test AUC, test ACC
     ("MedMNIST v2: ResNet-18 (28)", "28 px", 0.944, 0.854),
@@ -128,7 +128,7 @@ def run(args) -> int:
                f"{len(rows)} run(s), "
                + (f"{took / 60:.0f} min from raw data to this table" if not done_before else
                   f"{done_before} of them finished by an earlier invocation (this one: {took / 60:.0f} min)")
-               + f" (2 CPU cores).\n\n{__doc__.split(chr(10) * 2)[1]}"
+               + f" ({machine_summary()}).\n\n{__doc__.split(chr(10) * 2)[1]}"
                f"\n\n{md}\n\n{CREDITS}\n")
         atomic_write_bytes(Path(args.report_to), doc.encode())
         print(f"written to {args.report_to}")

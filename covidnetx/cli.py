@@ -58,6 +58,11 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"covidnetx {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C (SIGINT) in any phase: one line, no traceback; nothing half-written (files are written
+        # atomically). SIGTERM/SIGUSR1 instead end a training run in a checkpoint and exit 75.
+        print(f"\ncovidnetx {args.command}: interrupted (SIGINT)", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # the reader went away (`covidnetx inspect DATA | head -1`): end quietly, as Unix tools do; stdout
         # goes to /dev/null so that the interpreter's final flush does not fail again

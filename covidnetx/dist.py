@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from covidnetx.launch import World, world_from_env
-from covidnetx.utils import AgreedError, UserError
+from covidnetx.utils import AgreedError, StopRequested, UserError
+
+_STOPPED = "\x00stop requested"      # a rank's phase outcome: a stop signal, not an error
 
 
 class Dist:
@@ -65,14 +67,18 @@ class Dist:
         error = None
         try:
             yield
+        except StopRequested:
+            error = _STOPPED
         except UserError as e:
             error = str(e)
         except Exception as e:  # noqa: BLE001 - any failure must reach the other ranks, which would wait
             error = f"{type(e).__name__}: {e}"
             print(traceback.format_exc(), file=sys.stderr, flush=True)
         errors = self.allgather_object(error)
-        failed = [r for r, e in enumerate(errors) if e]
+        failed = [r for r, e in enumerate(errors) if e and e != _STOPPED]
         if not failed:
+            if _STOPPED in errors:          # a signal on any rank: every rank stops, as between runs
+                raise StopRequested()
             return
         first = errors[failed[0]]
         if len(failed) == self.size and all(errors[r] == first for r in failed):

@@ -208,6 +208,14 @@ def _fractions(sw: Sweep, src: SourceSpec) -> tuple:
     return out[:len(sizes)], (out[-1] if src.model_size else max(out))
 
 
+def _load(d: dict, where: str) -> C.Config:
+    """One run's config from the merged sweep sections; an error says which sections made it."""
+    try:
+        return C.load_config(base=d)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+
+
 def expand(sw: Sweep) -> tuple:
     """-> (pretrain [(run_name, config)], transfer [(run_name, config, [expected run dirs])]).
 
@@ -240,7 +248,7 @@ def expand(sw: Sweep) -> tuple:
                                        "data": {"sources": list(src.data), "fraction": float(frac),
                                                 "label_space": src.label_space, "rename": dict(src.rename)},
                                        "optim": {kind: amount, ("steps" if kind == "epochs" else "epochs"): 0}})
-                        cfg = C.load_config(base=d)
+                        cfg = _load(d, f"sources.{src_name} (base + pretrain.config + sources.{src_name}.config)")
                         tag = f"e{amount:g}" if kind == "epochs" else f"n{amount}"
                         name = f"pre-{src_name}-{model}-f{frac:g}-{tag}-s{seed}-{C.config_hash(cfg)[:8]}"
                         cfg = C.copy_with(cfg, run_name=name)
@@ -258,7 +266,7 @@ def expand(sw: Sweep) -> tuple:
         d = C.merge(d, {"task": "transfer", "regime": regime, "target_name": tgt.name,
                        "target_domain": tgt.domain, "data": {"sources": list(tgt.data)},
                        "shots": list(t.shots), **extra})
-        cfg = C.load_config(base=d)
+        cfg = _load(d, "transfer (base + transfer.config)")
         tname = f"{name_stem}-{C.config_hash(cfg)[:8]}"
         return tname, C.copy_with(cfg, run_name=tname)
 
@@ -378,7 +386,10 @@ def run(args) -> int:
         return 2
     try:
         sw = load_sweep(args.sweep)
-        pre, tr = expand(sw)
+        try:
+            pre, tr = expand(sw)
+        except UserError as e:
+            raise UserError(f"{args.sweep}: {e}") from None
         if args.status:                  # a query: writes nothing
             return status(sw, pre, tr)
         if args.dry_run:                 # writes nothing: says where the configs would go

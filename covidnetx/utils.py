@@ -19,6 +19,38 @@ class AgreedError(UserError):
     multi-rank launcher ends the whole job from the rank that met it."""
 
 
+def machine_summary() -> str:
+    """What this process runs on, measured (for reports): "2 CPU cores, no GPU", "16 CPU cores, 4 x NVIDIA
+    A100-SXM4-40GB" (the cores this process may use; GPUs that torch sees)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    gpus = "no GPU"
+    try:
+        import torch
+        if torch.cuda.is_available() and torch.cuda.device_count():
+            gpus = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    except Exception:  # noqa: BLE001 - a broken CUDA install still gets a report
+        pass
+    return f"{cores} CPU core{'s' if cores != 1 else ''}, {gpus}"
+
+
+class StopRequested(Exception):
+    """A stop signal (SIGUSR1/SIGTERM, see train.engine.StopSignals) seen inside a long start-up step (a
+    shard's checksum, ...): the run ends within seconds, as a signal between runs does."""
+
+
+_STOP_CHECK = [lambda: False]          # set by train.engine.StopSignals while its handlers are installed
+
+
+def set_stop_check(fn) -> None:
+    _STOP_CHECK[0] = fn
+
+
+def check_stop() -> None:
+    """In long loops outside the training step: raise StopRequested once a stop signal has arrived."""
+    if _STOP_CHECK[0]():
+        raise StopRequested()
+
+
 class _StrictLoader:
     """Built lazily (PyYAML is imported on first use): a SafeLoader that refuses aliases (no expansion
     bombs; covidnetx writes none) and duplicate keys (the last would win without a word)."""
@@ -148,10 +180,14 @@ def require_file(path, what: str) -> None:
     raise UserError(f"{what} {str(path)!r} is {kind}, not a file")
 
 
-def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20, stoppable: bool = False) -> str:
+    """SHA-256 of a file, read in ``bufsize`` blocks. ``stoppable``: a stop signal ends the read between
+    blocks (StopRequested) — only where every rank meets the outcome (inside ``Dist.phase``)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while True:
+            if stoppable:
+                check_stop()
             b = f.read(bufsize)
             if not b:
                 break

@@ -9,6 +9,7 @@ every shard whose file and sidecar checksum agree with the plan and writes only 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import fcntl
 import os
@@ -346,11 +347,20 @@ def clean_stale(out: Path, plan: dict) -> None:
 # ----------------------------------------------------------------------------------------------------
 def run(args) -> int:
     held = []                     # rank 0's lock on the output folder, removed however the pack ends
+    out = Path(args.out_dir)
+    existed = out.exists()
     try:
         return _run(args, held)
     finally:
         for f in held:
+            # a pack that failed before writing a shard leaves no empty folders behind (rmdir: only if
+            # empty; shards/ while the lock is still held, so no second pack's new folder is removed)
+            with contextlib.suppress(OSError):
+                (out / H.SHARD_DIR).rmdir()
             unlock_out(f)
+            if not existed:
+                with contextlib.suppress(OSError):
+                    out.rmdir()
 
 
 def _run(args, held: list) -> int:

@@ -26,7 +26,8 @@ def verify(root) -> tuple[list, dict, dict]:
     for split, entry in index["splits"].items():
         total = 0
         for sh in entry["shards"]:
-            found, shard_counts, pids = H.check_shard(root, sh, index["label_kind"], index["class_names"])
+            found, shard_counts, pids = H.check_shard(root, sh, index["label_kind"], index["class_names"],
+                                                       index["channels"], index["encoding"])
             problems += found
             total += sh["count"]
             H.merge_counts(counts.setdefault(split, {}), shard_counts)

@@ -57,7 +57,7 @@ def _shrunk_real(preset: dict) -> dict:
                     "nih": p["sources"]["nih"],
                     "nih-small": {**p["sources"]["nih-small"], "sizes": [120], "models": ["resnet_w4"]}}
     p.update(models=["resnet_w4", "resnet_w6"], data_models=["resnet_w4"], sizes=[40, 120], seeds=[0, 1],
-             shots=[1, 25], epochs=1, min_steps=0, transfer_steps=20, scratch=["resnet_w4"],
+             shots=[1, 25], epochs=1, min_steps=0, xray_min_steps=0, transfer_steps=20, scratch=["resnet_w4"],
              baseline={"model": "resnet_w4", "size": 28, "epochs": 0.2, "seeds": "0"})
     return p
 
@@ -90,7 +90,8 @@ def test_study_on_the_real_images_shrunk(tmp_path, monkeypatch, capsys, natural_
     assert {x["n_classes"] for x in rows if x["task"] == "transfer"} == {3}          # normal, bacterial, viral
     assert {x["n"] for x in rows if x["task"] == "transfer" and x["regime"] != "fewshot"} == {624}   # official test
     nih = [x for x in rows if x["task"] == "pretrain" and x["source"] == "nih"]
-    assert {x["n_classes"] for x in nih} == {2}                      # pneumonia renamed to abnormal: merged
+    assert {x["n_classes"] for x in nih} == {3}                      # merged, labels kept: normal / abnormal / pneumonia
+    assert {x["n_classes"] for x in rows if x["task"] == "pretrain" and x["source"] == "nih-small"} == {2}
     # full fine-tuning under the study's 2 ranks; probes (linear, few-shot) run as one process
     assert all(x["world_size"] == (2 if x["regime"] == "full" else 1) and x["target"] == "target"
                for x in rows if x["task"] == "transfer")

@@ -452,3 +452,5 @@ def test_training_refuses_bad_labels_truncated_shards_and_garbage_weights(tmp_pa
         err = capsys.readouterr().err
         assert message in err and err.count("error:") == 1, err
     assert not (out / "results.jsonl").exists() and not list(out.rglob("done.json"))
+    # nor a run directory: fixing the path and running again is not refused as "a run of another config"
+    assert not list(out.rglob("config.yaml")), list(out.rglob("*"))

@@ -113,3 +113,61 @@ def test_an_index_whose_label_kind_does_not_match_its_shards(copy, capsys):
     assert "labels of shape () per sample, but the index says multilabel" in out.out + out.err
     with pytest.raises(UserError, match="labels of shape"):
         PackedDataset(copy, "train").read_image(0)
+
+
+def test_an_index_whose_channels_contradict_the_shards_is_named(copy, capsys):
+    """index.json says 3 channels of images its shards store with 1 (or the reverse): verify names the shard,
+    and training stops at the first read with one error, instead of a tensor-shape traceback."""
+    channels = load_index(copy)["channels"]
+    _edit(copy, lambda ix: ix.update(channels=4 - channels))         # 1 <-> 3
+    assert main(["verify", str(copy)]) != 0
+    out = capsys.readouterr()
+    assert f"channel(s), but index.json says {4 - channels}" in out.out + out.err
+    ds = PackedDataset(copy, "train")
+    with pytest.raises(UserError, match=rf"train-.*\.h5: images with {channels} channel\(s\), but index.json "
+                                        rf"says {4 - channels}; repack the dataset"):
+        ds.read_image(0)
+
+
+def test_a_stop_signal_while_shards_are_hashed_ends_the_run_at_once(copy, tmp_path, monkeypatch, capsys):
+    """SIGTERM (scancel, Slurm's time limit) that arrives while training start-up checks the shards'
+    checksums ends the command with the requeue code within one 1 MiB block, not after every shard has been
+    read (a huge or endless file took until SIGKILL); nothing of the run is written."""
+    import signal
+    import covidnetx.data.hdf5 as H
+    import covidnetx.utils as U
+    from covidnetx.train.engine import EXIT_REQUEUE
+    from tests.train_helpers import pretrain_args
+    calls = []
+
+    def hash_after_a_signal(path, *a, **k):    # the signal lands as the first shard's hashing begins
+        calls.append(path)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return U.sha256_file(path, *a, **k)
+    monkeypatch.setattr(H, "sha256_file", hash_after_a_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "runs"
+    assert main(pretrain_args(copy, out, steps=5, extra=["backend=none"])) == EXIT_REQUEUE   # a copy: not yet hashed
+    assert "interrupted during start-up, exit 75" in capsys.readouterr().err
+    assert len(calls) == 1                     # the other shards were never hashed
+    assert not list(out.rglob("config.yaml"))
+    assert signal.getsignal(signal.SIGTERM) is before       # the handlers are put back
+    U.check_stop()                             # outside a run the check never stops anything
+
+
+def test_ctrl_c_while_shards_are_hashed_is_one_line(copy, tmp_path, monkeypatch, capsys):
+    import signal
+    import covidnetx.data.hdf5 as H
+    import covidnetx.utils as U
+    from tests.train_helpers import pretrain_args
+
+    def hash_after_ctrl_c(path, *a, **k):
+        os.kill(os.getpid(), signal.SIGINT)
+        return U.sha256_file(path, *a, **k)
+    monkeypatch.setattr(H, "sha256_file", hash_after_ctrl_c)
+    out = tmp_path / "runs"
+    assert main(pretrain_args(copy, out, steps=5, extra=["backend=none"])) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "covidnetx pretrain: interrupted (SIGINT)" and "Traceback" not in err, err
+    assert not list(out.rglob("config.yaml"))

@@ -33,7 +33,33 @@ def test_fit_refuses_a_metric_that_cannot_be_a_statistic(tmp_path, capsys, bad, 
     assert not (tmp_path / "fits").exists()
     # with the flag the row is left out and counted
     assert main(["fit", str(t), "--x", "width", "--metric", "acc", "--by", "", "--drop-invalid"]) == 0
-    assert "1 row(s) with an invalid acc left out (--drop-invalid)" in capsys.readouterr().out
+    assert "1 row(s) with an invalid acc or width left out (--drop-invalid)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad, why", [("abc", "'abc' is not a number"), ("nan", "nan is not finite"),
+                                      ("-inf", "-inf is not finite"), ("-3", "-3 is negative")])
+def test_fit_refuses_an_x_that_cannot_be_one(tmp_path, capsys, bad, why):
+    t = tmp_path / "t.csv"
+    t.write_text("width,acc\n4,0.5\n6,0.6\n" + f"{bad},0.65\n" + "11,0.7\n16,0.72\n32,0.74\n64,0.75\n")
+    assert main(["fit", str(t), "--x", "width", "--metric", "acc", "--by", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and f"{t}:4: column 'width': {why}" in err, err
+    assert main(["fit", str(t), "--x", "width", "--metric", "acc", "--by", "", "--drop-invalid"]) == 0
+    assert "1 row(s) with an invalid acc or width left out" in capsys.readouterr().out
+
+
+def test_the_x_checked_is_the_column_the_fit_reads(tmp_path, capsys):
+    """In a plain table, --x data is the column named data (the derived axes are for covidnetx rows):
+    a junk column the fit never reads is not checked; an integer beyond a float is one error."""
+    t = tmp_path / "t.csv"
+    t.write_text("data,train_size,acc\n" + "".join(f"{d},n/a,{a}\n" for d, a in
+                                                    zip([10, 30, 100, 300, 1000], [0.5, 0.6, 0.65, 0.7, 0.72])))
+    assert main(["fit", str(t), "--x", "data", "--metric", "acc", "--by", ""]) == 0, capsys.readouterr().err
+    big = tmp_path / "big.jsonl"
+    big.write_text("".join(f'{{"size": {s}, "acc": 0.5}}\n' for s in (10, 30, 100, "1" + "0" * 400)))
+    assert main(["fit", str(big), "--x", "size", "--metric", "acc", "--by", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and f"{big}:4: column 'size': 100000000000...(401 digits) is not finite" in err, err
 
 
 def test_an_error_metric_may_exceed_one_but_not_go_below_zero(tmp_path, capsys):
@@ -165,6 +191,41 @@ def test_a_pack_csv_row_with_a_quoted_newline_is_named_by_its_first_line(tmp_pat
     raw = _raw(tmp_path, lines)
     r = run_cli("pack", "csv", raw, tmp_path / "out", "--no-progress", check=False)
     assert r.returncode == 2 and "labels.csv:4: malformed row: 4 fields" in r.stderr, r.stderr
+
+
+def test_a_failed_pack_leaves_no_empty_folders(tmp_path):
+    from tests.conftest import run_cli
+    from tests.test_hostile import GOOD, _raw
+    raw = _raw(tmp_path, GOOD)
+    (raw / "img1.png").write_bytes(b"not an image")          # found while the one shard is written
+    for out in (tmp_path / "new", tmp_path / "mine"):
+        if out.name == "mine":
+            out.mkdir()                       # a folder the user made stays, empty as it was
+        r = run_cli("pack", "csv", raw, out, "--no-progress", "--splits", "1,0,0", check=False)
+        assert r.returncode == 2 and "img1.png: cannot read image" in r.stderr, r.stderr
+        assert (sorted(out.iterdir()) if out.exists() else None) == ([] if out.name == "mine" else None)
+
+
+def test_an_impossible_value_in_a_sweep_section_names_the_file_and_section(tmp_path, capsys):
+    import yaml
+    from covidnetx.sweep import main as sweep_main
+    base = {"sources": {"a": {"data": [str(tmp_path)], "domain": "xray"}},
+            "target": {"data": [str(tmp_path)], "domain": "xray"}, "models": ["resnet_w8"], "seeds": [0],
+            "fractions": [1.0], "out_dir": str(tmp_path / "o")}
+    for where, patch, message in (
+            ("base", {"base": {"optim": {"lr": "abc"}}},
+             "sources.a (base + pretrain.config + sources.a.config): config key 'optim.lr': expected a number"),
+            ("pretrain", {"pretrain": {"steps": [5], "config": {"optim": {"momentum": "7x"}}}},
+             "sources.a (base + pretrain.config + sources.a.config): config key 'optim.momentum'"),
+            ("source", {"sources": {"a": {**base["sources"]["a"], "config": {"data": {"hflip": "maybe"}}}}},
+             "config key 'data.hflip': expected true/false"),
+            ("transfer", {"transfer": {"config": {"optim": {"nosuch": 1}}}},
+             "transfer (base + transfer.config): unknown config key 'optim.nosuch'")):
+        sw = tmp_path / f"{where}.yaml"
+        sw.write_text(yaml.safe_dump({**base, **patch}))
+        assert sweep_main([str(sw), "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and f"{sw}: " in err and message in err, err
 
 
 def test_review_round_two_values(tmp_path, capsys):

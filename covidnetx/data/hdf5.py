@@ -171,7 +171,7 @@ def bad_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
 def shard_intact(path: Path, entry: dict) -> bool:
     """A regular shard file is what index.json lists: its size and its SHA-256 (the size first, so a
     hash never reads more than the listed bytes' worth of a file of the right size)."""
-    return path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]
+    return path.stat().st_size == entry["bytes"] and sha256_file(path, stoppable=True) == entry["sha256"]
 
 
 def merge_counts(into: dict, counts: dict) -> dict:
@@ -220,7 +220,22 @@ def read_sidecar(root: str | os.PathLike, shard_file: str):
         return None
 
 
-def check_shard(root: str | os.PathLike, entry: dict, label_kind: str, class_names: Sequence[str]) -> tuple:
+def pixel_problem(h, channels: int, encoding: str) -> str:
+    """'' when shard ``h``'s images have the index's channel count (raw: the image dataset's last axis;
+    every encoding: the recorded shapes), else what differs."""
+    ds, shapes = h["image"], h["shape"]
+    if encoding == "raw" and ds.dtype.kind != "O" and (ds.ndim != 4 or ds.shape[-1] != channels):
+        return f"images of shape {tuple(ds.shape[1:])} per sample, but {INDEX_NAME} says {channels} channel(s)"
+    if shapes.ndim != 2 or shapes.shape[1] != 3:
+        return f"a shape column of shape {tuple(shapes.shape[1:])} per sample (expected H, W, C)"
+    c = np.unique(shapes[:, 2]) if shapes.shape[0] else np.asarray([channels])
+    if len(c) != 1 or int(c[0]) != channels:
+        return f"images with {', '.join(map(str, c.tolist()))} channel(s), but {INDEX_NAME} says {channels}"
+    return ""
+
+
+def check_shard(root: str | os.PathLike, entry: dict, label_kind: str, class_names: Sequence[str],
+                channels: int | None = None, encoding: str | None = None) -> tuple:
     """(problems, counts {class: {source: n}}, patient ids) of one shard listed in index.json: present,
     its SHA-256 as listed, its datasets of one length equal to the listed count, its labels in range.
     What ``covidnetx verify`` runs for every shard."""
@@ -237,6 +252,9 @@ def check_shard(root: str | os.PathLike, entry: dict, label_kind: str, class_nam
             problems.append(f"{entry['file']}: datasets of different lengths")
         if n != entry["count"]:
             problems.append(f"{entry['file']}: holds {n} samples, index says {entry['count']}")
+        pix = pixel_problem(h, channels, encoding) if channels else ""
+        if pix:
+            problems.append(f"{entry['file']}: {pix}")
         labels = h["label"][()]
         srcs = [x.decode() if isinstance(x, bytes) else x for x in h["source"][()]]
         pids = {x.decode() if isinstance(x, bytes) else x for x in h["patient_id"][()]}
@@ -407,6 +425,13 @@ class PackedDataset:
                 f.close()
                 raise UserError(f"{path}: labels of shape {shape[1:]} per sample, but {INDEX_NAME} says "
                                 f"{self.label_kind} over {len(self.class_names)} classes; repack the dataset")
+            try:
+                pix = pixel_problem(f, self.channels, self.encoding)
+            except (OSError, KeyError) as e:
+                pix = f"not a readable HDF5 shard ({e})"
+            if pix:
+                f.close()
+                raise UserError(f"{path}: {pix}; repack the dataset")
             self._files[k] = f
         return f
 

@@ -426,7 +426,8 @@ def resolve_by(by: str, rows: list) -> list:
 
 
 def run(args) -> int:
-    rows, dropped = T.load_checked(args.results, args.metric, args.error, args.drop_invalid)
+    rows, dropped = T.load_checked(args.results, args.metric, args.error, args.drop_invalid,
+                                   x=tuple(c.strip() for c in args.x.split(",")))
     rows = T.final_rows(rows)
     if args.task != "all" and rows and "task" in rows[0]:
         rows = [r for r in rows if r.get("task") == args.task]
@@ -472,7 +473,7 @@ def run(args) -> int:
         line += (f"; {ok.count('passed')} of {len(ok)} ok law(s) passed their backtest"
                  + (f" ({ok.count('not run')} not run)" if "not run" in ok else ""))
     if dropped:
-        line += f"; {dropped} row(s) with an invalid {args.metric} left out (--drop-invalid)"
+        line += f"; {dropped} row(s) with an invalid {args.metric} or {args.x} left out (--drop-invalid)"
     print(line + f"; wrote {out}/fits-{stem}.json, .csv and error-vs-{stem}.png/.pdf")
     return 2 if (args.strict and counts["ok"] < len(fits)) else 0
 

@@ -57,9 +57,10 @@ def load_table(path) -> list:
     return [r for _, r in table_rows(path)]
 
 
-def load_checked(path, metric: str, is_error: bool = False, drop_invalid: bool = False) -> tuple:
-    """(rows, rows left out) of a table whose ``metric`` values are checked (``check_metric``)."""
-    return check_metric(table_rows(path), metric, is_error, drop_invalid)
+def load_checked(path, metric: str, is_error: bool = False, drop_invalid: bool = False, x: tuple = ()) -> tuple:
+    """(rows, rows left out) of a table whose ``metric`` values (and the ``x`` columns) are checked
+    (``check_metric``)."""
+    return check_metric(table_rows(path), metric, is_error, drop_invalid, x)
 
 
 def table_rows(path) -> list:
@@ -106,8 +107,8 @@ def metric_problem(v, is_error: bool) -> str:
         return ""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return f"{v!r} is not a number"
-    if not math.isfinite(v):
-        return f"{v} is not finite"
+    if not _finite(v):
+        return f"{_short(v)} is not finite"
     if is_error and v < 0:
         return f"{v} is below 0 (an error or loss)"
     if not is_error and not 0 <= v <= 1:
@@ -115,14 +116,52 @@ def metric_problem(v, is_error: bool) -> str:
     return ""
 
 
-def check_metric(pairs: list, metric: str, is_error: bool = False, drop_invalid: bool = False) -> tuple:
+def _finite(v) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:                 # an integer beyond a float's range
+        return False
+
+
+def _short(v) -> str:
+    t = str(v)
+    return t if len(t) <= 24 else f"{t[:12]}...({len(t)} digits)"
+
+
+def x_problem(v) -> str:
+    """Why an x value (params, images, FLOPs ...) cannot be one ("" when it can; a missing value can, and
+    0, which a covidnetx row uses for "none", e.g. no pre-training, is left out of a log-scale fit)."""
+    if v is None or v == "":
+        return ""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return f"{v!r} is not a number"
+    if not _finite(v):
+        return f"{_short(v)} is not finite"
+    return f"{v:g} is negative" if v < 0 else ""
+
+
+def x_columns(row: dict, axis: str) -> tuple:
+    """The columns a row's x is read from (as ``x_value`` reads them): for covidnetx result rows and a
+    derived axis, the pre-training or transfer column; else the column of that name."""
+    if axis in DERIVED and "task" in row:
+        pre, tr = DERIVED[axis]
+        return (tr if row.get("task") == "transfer" else pre,)
+    return (axis,)
+
+
+def check_metric(pairs: list, metric: str, is_error: bool = False, drop_invalid: bool = False,
+                 x: tuple = ()) -> tuple:
     """(rows, rows left out) of (where, row) pairs: a metric value that is not finite or outside its
-    range is one UserError naming file:line and column, or with ``drop_invalid`` the row is left out."""
+    range, or an x value (axes ``x``, read as ``x_value`` reads them) that is not a finite number >= 0, is one UserError naming
+    file:line and column, or with ``drop_invalid`` the row is left out."""
     rows, dropped = [], 0
     for where, r in pairs:
-        why = metric_problem(r.get(metric), is_error)
+        col, why = metric, metric_problem(r.get(metric), is_error)
+        for c in (c for axis in x for c in x_columns(r, axis)):
+            if not why:
+                col, why = c, x_problem(r.get(c))
         if why and not drop_invalid:
-            raise UserError(f"{where}: column {metric!r}: {why} (--drop-invalid leaves such rows out, counted)")
+            raise UserError(f"{where}: column {col!r}: {why} (--drop-invalid leaves such rows out, counted)")
         dropped += bool(why)
         if not why:
             rows.append(r)

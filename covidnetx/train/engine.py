@@ -14,6 +14,7 @@ EXIT_REQUEUE so the job script can requeue.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -34,7 +35,7 @@ from covidnetx.models import count_params, create_model, flops_per_sample, load_
 from covidnetx.results import ResultRow, append_row
 from covidnetx.record import RunDir
 from covidnetx.train.schedule import resolve_run
-from covidnetx.utils import UserError
+from covidnetx.utils import UserError, set_stop_check
 
 EXIT_REQUEUE = 75           # EX_TEMPFAIL: "saved, run me again"
 
@@ -62,6 +63,7 @@ class StopSignals:
         if self._depth == 0:
             self.requested = False
             self._old = {s: signal.signal(s, self._handler) for s in (signal.SIGUSR1, signal.SIGTERM)}
+            set_stop_check(lambda: self.requested)       # long start-up loops (checksums) look too
         self._depth += 1
         return self
 
@@ -70,12 +72,15 @@ class StopSignals:
         if self._depth == 0:
             for s, h in self._old.items():
                 signal.signal(s, h)
+            set_stop_check(lambda: False)
 
 
 STOP = StopSignals()
 
 
+@functools.lru_cache(maxsize=None)
 def git_sha() -> str:
+    """The checkout's commit, asked of git once per process (every result row carries it)."""
     try:
         return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
                               cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or "unknown"
@@ -296,9 +301,10 @@ class Trainer:
         cfg, dist = self.cfg, self.dist
         with dist.phase():
             self.record.check_resolved(cfg)
+        self._build()                # weights and checkpoints read first: a run that cannot start leaves no trace
+        with dist.phase():
             if dist.is_primary:
                 self.record.write_config(C.dump(cfg))
-        self._build()
         writer = None
         with dist.phase():
             if dist.is_primary:

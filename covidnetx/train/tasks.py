@@ -21,7 +21,7 @@ from covidnetx.data.compose import Mixture, few_shot
 from covidnetx.data.hdf5 import PackedDataset, index_path
 from covidnetx.models.weights import read as read_weights
 from covidnetx.record import CONFIG, RunDir
-from covidnetx.utils import UserError, ensure_writable_dir
+from covidnetx.utils import StopRequested, UserError, ensure_writable_dir
 
 EXIT_NONFINITE = 3
 
@@ -281,6 +281,11 @@ def run_configs(cfgs: list, label: str, force: bool = False) -> int:
             return 0
         except FloatingPointError as e:
             return end_on_error(dist, label, e, EXIT_NONFINITE)
+        except StopRequested:            # a signal during a long start-up step of the current run
+            if dist is not None and dist.is_primary:
+                print(f"covidnetx {label}: interrupted during start-up, exit {EXIT_REQUEUE} (requeue to continue)",
+                      file=sys.stderr, flush=True)
+            return EXIT_REQUEUE
         except Interrupted as e:
             if dist.is_primary:
                 where = (f"before run {e.args[1]} started" if e.args[0] is None
