@@ -56,8 +56,9 @@ def _shrunk_real(preset: dict) -> dict:
     p["sources"] = {"natural": {"packs": ["natural-small"], "domain": "natural"},
                     "nih": p["sources"]["nih"],
                     "nih-small": {**p["sources"]["nih-small"], "sizes": [120], "models": ["resnet_w4"]}}
+    p["xray_config"] = {"data": p["xray_config"]["data"]}          # the X-ray recipe, without its 400 steps
     p.update(models=["resnet_w4", "resnet_w6"], data_models=["resnet_w4"], sizes=[40, 120], seeds=[0, 1],
-             shots=[1, 25], epochs=1, min_steps=0, xray_min_steps=0, transfer_steps=20, scratch=["resnet_w4"],
+             shots=[1, 25], epochs=1, min_steps=0, transfer_steps=20, scratch=["resnet_w4"],
              baseline={"model": "resnet_w4", "size": 28, "epochs": 0.2, "seeds": "0"})
     return p
 

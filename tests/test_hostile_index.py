@@ -166,8 +166,10 @@ def test_ctrl_c_while_shards_are_hashed_is_one_line(copy, tmp_path, monkeypatch,
         os.kill(os.getpid(), signal.SIGINT)
         return U.sha256_file(path, *a, **k)
     monkeypatch.setattr(H, "sha256_file", hash_after_ctrl_c)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)   # Python's own, as in a fresh process
     out = tmp_path / "runs"
     assert main(pretrain_args(copy, out, steps=5, extra=["backend=none"])) == 130
     err = capsys.readouterr().err
+    signal.signal(signal.SIGINT, old)
     assert err.strip() == "covidnetx pretrain: interrupted (SIGINT)" and "Traceback" not in err, err
     assert not list(out.rglob("config.yaml"))
