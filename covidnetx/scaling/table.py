@@ -188,17 +188,10 @@ def final_rows(rows: list) -> list:
 def x_value(row: dict, axis: str):
     """The x of a row: a column of that name, or for covidnetx result rows the derived axes (params,
     data = pre-training set size, compute = pre-training FLOPs; transfer rows use their checkpoint's)."""
-    if axis in DERIVED and "task" in row:
-        pre, tr = DERIVED[axis]
-        v = row.get(tr if row.get("task") == "transfer" else pre)
-    else:
-        v = row.get(axis)
-    if not isinstance(v, (int, float)) or isinstance(v, bool):
-        return None
-    try:
-        return float(v)
-    except OverflowError:                 # an integer beyond a float's range: not a usable x
-        return None
+    v = row.get(x_columns(row, axis)[0])
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not _finite(v):
+        return None                       # (an integer beyond a float's range is not a usable x)
+    return float(v)
 
 
 def error_of(row: dict, metric: str, is_error: bool) -> tuple:
