@@ -78,6 +78,7 @@ class Config:
     probe_c: List[float] = field(default_factory=lambda: [1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1000.0])  # linear probe: inverse L2 strengths tried on the val split
     feature_cache: str = ""        # folder of cached frozen features and transfer measures ("" = OUT_DIR/features)
     loss: str = "auto"             # auto | ce | bce (masked multi-label)
+    class_weights: str = "none"    # none | balanced (ce: each class weighs n / (classes x its train count), as balanced accuracy counts it)
     hyperrule: bool = True         # BiT-HyperRule defaults for transfer where a value is left unset
     backend: str = "horovod"       # horovod | torch | none
     fp16_allreduce: bool = False   # Horovod fp16 compression
@@ -105,6 +106,7 @@ class Config:
 
 CHOICES = {
     "task": ("pretrain", "transfer"), "regime": ("full", "linear", "fewshot"), "loss": ("auto", "ce", "bce"),
+    "class_weights": ("none", "balanced"),
     "backend": ("horovod", "torch", "none"), "precision": ("fp32", "bf16", "fp16"),
     "data.label_space": ("union", "intersection"), "data.loader": ("torch", "dali"),
     "data.device": ("cpu", "gpu"), "optim.name": ("sgd", "adamw"),

@@ -56,7 +56,7 @@ def _shrunk_real(preset: dict) -> dict:
     p["sources"] = {"natural": {"packs": ["natural-small"], "domain": "natural"},
                     "nih": p["sources"]["nih"],
                     "nih-small": {**p["sources"]["nih-small"], "sizes": [120], "models": ["resnet_w4"]}}
-    p["xray_config"] = {"data": p["xray_config"]["data"]}          # the X-ray recipe, without its 400 steps
+    p["xray_config"] = {k: v for k, v in p["xray_config"].items() if k != "optim"}   # the X-ray recipe, without its 400 steps
     p.update(models=["resnet_w4", "resnet_w6"], data_models=["resnet_w4"], sizes=[40, 120], seeds=[0, 1],
              shots=[1, 25], epochs=1, min_steps=0, transfer_steps=20, scratch=["resnet_w4"],
              baseline={"model": "resnet_w4", "size": 28, "epochs": 0.2, "seeds": "0"})
@@ -98,8 +98,14 @@ def test_study_on_the_real_images_shrunk(tmp_path, monkeypatch, capsys, natural_
                for x in rows if x["task"] == "transfer")
     pre = [x for x in rows if x["task"] == "pretrain"]
     assert len(pre) == 2 * 3 * 2 + 2 and {x["seed"] for x in pre} == {0, 1}   # L design x 2 sources, nih-small
+    import yaml
+    for f in (out / "study" / "configs").glob("pre-*.yaml"):      # the X-ray recipe only on X-ray sources
+        c = yaml.safe_load(f.read_text())
+        xray = c["source_domain"] == "xray"
+        assert (c["class_weights"], c["data"]["rotate_deg"]) == (("balanced", 10.0) if xray else ("none", 0.0)), f.name
     report = (out / "study" / "report" / "report.md").read_text()
     assert report.startswith("# Transfer scaling study: real") and "Command: `covidnetx study" in report
+    assert "Caveats: the NIH labels overlap" in report
     assert "## A published baseline beside covidnetx's" in report and "| MedMNIST v2: ResNet-18 (28) | 28 px | 0.944 | 0.854 |" in report
     assert "covidnetx: resnet_w4 from scratch, 0.2 epochs | 28 px |" in report
     table = report.split("## Transfer results")[1].split("\n## ")[0]

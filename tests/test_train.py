@@ -348,3 +348,33 @@ def test_a_timm_model_pretrains_and_transfers_in_every_regime(packed, tmp_path, 
     printed = capsys.readouterr().out
     assert f"initialised from {st} (safetensors): " in printed and "not used: head.fc.bias, head.fc.weight" in printed, printed
     assert load_results(out / "results.jsonl")[-1].source == "unknown"
+
+
+def test_balanced_class_weights_weigh_each_class_alike():
+    from covidnetx.train.engine import balanced_class_weights
+    from covidnetx.utils import UserError
+    w = balanced_class_weights(np.array([0, 0, 0, 1, 2, 2]), ["a", "b", "c"])
+    assert w.tolist() == pytest.approx([6 / 9, 6 / 3, 6 / 6])
+    counts = np.array([3, 1, 2])
+    assert float((w.numpy() * counts).sum()) == pytest.approx(6.0)      # the total weight stays n
+    with pytest.raises(UserError, match="it has no 'b'"):
+        balanced_class_weights(np.array([0, 2, 2]), ["a", "b", "c"])
+
+
+def test_class_weights_change_the_loss_on_imbalanced_data_and_need_ce(packed, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(pretrain_args(packed / "nat", out, steps=2, extra=["backend=none", "data.eval_split="])) == 0
+    first = {}
+    for cw in ("none", "balanced"):
+        assert main(transfer_args(packed / "cxr", out, out / "pre" / "last.ckpt", "full", steps=2,
+                                  extra=["backend=none", f"class_weights={cw}", f"run_name=t-{cw}"])) == 0
+        first[cw] = scalars(out / f"t-{cw}", "train/loss")[1]     # step 1's is ln 3 either way: a zero head
+        cfg = yaml.safe_load((out / f"t-{cw}" / "config.yaml").read_text())
+        assert cfg["class_weights"] == cw
+    assert first["none"][0] == first["balanced"][0] == 2
+    assert first["none"][1] != pytest.approx(first["balanced"][1], rel=1e-4)   # cxr-small is imbalanced
+    capsys.readouterr()
+    code = main(transfer_args(packed / "cxr", out, out / "pre" / "last.ckpt", "full",
+                              extra=["backend=none", "class_weights=balanced", "loss=bce", "run_name=t-bce"]))
+    assert code == 2 and "'class_weights': balanced needs the ce loss" in capsys.readouterr().err
+    assert not (out / "t-bce").exists()

@@ -95,6 +95,17 @@ def masked_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return nn.functional.binary_cross_entropy_with_logits(logits[known], target[known].float())
 
 
+def balanced_class_weights(labels, class_names) -> torch.Tensor:
+    """Cross-entropy weights n / (classes x count) from the training labels, so that every class weighs
+    alike in the loss as in balanced accuracy; a class absent from the training set is an error."""
+    n_classes = len(class_names)
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)[:n_classes]
+    if (counts == 0).any():
+        raise UserError("config key 'class_weights': balanced needs every class in the training set; it has "
+                        f"no '{class_names[int(np.flatnonzero(counts == 0)[0])]}'")
+    return torch.tensor(counts.sum() / (n_classes * counts), dtype=torch.float32)
+
+
 def autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -206,6 +217,11 @@ class Trainer:
             raise UserError("config key 'loss': ce needs multi-class labels; these are multi-label (use bce)")
         self.loss_name = loss
         self.device = dist.device
+        self.class_weight = None
+        if cfg.class_weights == "balanced":
+            if loss != "ce":
+                raise UserError("config key 'class_weights': balanced needs the ce loss (multi-class labels)")
+            self.class_weight = balanced_class_weights(train_view.labels, self.class_names).to(self.device)
         # Horovod: scale the learning rate by the global batch (i.e. by the number of ranks), with warmup;
         # from here on the config holds the resolved schedule (it is what config.yaml and checkpoints save)
         self.cfg, self.sched = resolve_run(cfg, len(train_view), dist.size)
@@ -258,7 +274,7 @@ class Trainer:
     def _loss(self, logits, y):
         if self.loss_name == "bce":
             return masked_bce(logits.float(), y.to(logits.device))
-        return nn.functional.cross_entropy(logits.float(), y.to(logits.device))
+        return nn.functional.cross_entropy(logits.float(), y.to(logits.device), weight=self.class_weight)
 
     def _mixed_loss(self, logits, y, perm, lam):
         if self.loss_name == "bce":           # soft multi-label targets; unknown (NaN) in either stays unknown
