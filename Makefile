@@ -38,4 +38,4 @@ bench: setup
 	$(PY) benchmarks/probe.py
 
 clean:
-	rm -rf demo_out study_out bench_out .pytest_cache
+	rm -rf demo_out study_out bench_out baseline_out build .pytest_cache

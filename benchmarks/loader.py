@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import hardware_tag, machine_line, mean_ci, write_csv  # noqa: E402
+from covidnetx.data.hdf5 import is_packed  # noqa: E402
 
 
 def imagefolder_tree(raw: Path) -> Path:
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
     packed = {}
     for enc in ("png", "raw"):
         packed[enc] = work / f"packed-{enc}"
-        if not (packed[enc] / "index.json").is_file():
+        if not is_packed(packed[enc]):
             subprocess.run([sys.executable, "-m", "covidnetx.cli", "pack", "csv", str(raw), str(packed[enc]),
                             "--encoding", enc, "--splits", "1,0,0", "--no-progress"], check=True, capture_output=True)
     import torch

@@ -2,7 +2,7 @@
 
   python benchmarks/project.py [--img-per-s 2470] [--batch 256] [--grad-bytes 4] [--step-cv 0.031]
 
-Model (covidnetx/perfmodel.py): step = compute + exposed hierarchical allreduce of the fp32 gradients,
+Model (benchmarks/perfmodel.py): step = compute + exposed hierarchical allreduce of the fp32 gradients,
 and in a second table + the wait for the slowest of N ranks (stragglers) from the step-time variation of
 one GPU (default: measured on one H100 by benchmarks/gpu_check.py, kept in benchmarks/results/).
 Compute per step: batch / (one A100's ResNet-50 throughput) scaled to each model by its forward FLOPs at
@@ -37,7 +37,7 @@ def measured_step_cv(path: Path = GPU_RUN, what: str = "resnet50-bf16-synthetic"
 
 def main(argv=None) -> int:
     from covidnetx.models import count_params, create_model, flops_per_sample
-    from covidnetx.perfmodel import Machine, project
+    from benchmarks.perfmodel import Machine, project
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--img-per-s", type=float, default=2470.0, help="ResNet-50 img/s on one GPU (reference point)")
     ap.add_argument("--batch", type=int, default=256, help="batch per GPU")

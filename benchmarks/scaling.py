@@ -7,7 +7,7 @@ For each N (local mpirun; on a cluster one jobscripts/scaling.sbatch job per nod
   weak   : fixed batch per process; efficiency = throughput_N / (N x throughput_1)
   strong : fixed global batch (batch split over N processes); efficiency = T_1 / (N x T_N) per global batch
 and, for N > 1, the measured allreduce time of the model's fused gradients, with the efficiency that
-covidnetx/perfmodel.py predicts from the measured step compute time and that allreduce time (no overlap:
+benchmarks/perfmodel.py predicts from the measured step compute time and that allreduce time (no overlap:
 Horovod overlaps little on one CPU core per rank); and the full model, which adds what N ranks on one
 machine cost each other without communicating (contention: N plain loops started together, the compute
 time at N) and the wait for the slowest of N ranks (stragglers: from the step-time variation measured at
@@ -82,7 +82,7 @@ def write_outputs(res: dict, counts: list, batch: int, out: Path, stem: str, mod
     """Efficiencies relative to the smallest count, the model's predictions beside them; CSV, Markdown
     table and PNG plot named ``stem``. ``res[n]``: weak_step, weak_ci, allreduce (s), strong_step or None,
     step_cv (the smallest count's is the straggler model's input), shared_step (N plain loops at once) or None."""
-    from covidnetx.perfmodel import efficiency, shared_efficiency, straggler_time
+    from benchmarks.perfmodel import efficiency, shared_efficiency, straggler_time
     base = res[counts[0]]
     cv = base.get("step_cv", 0.0)
     rows = []
@@ -117,10 +117,8 @@ def write_outputs(res: dict, counts: list, batch: int, out: Path, stem: str, mod
     print("\n".join(lines))
     write_csv(out / f"{stem}.csv", rows)
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    from covidnetx.scaling.plots import plt, save
+    fig, ax = plt().subplots(figsize=(5, 3.5))
     ax.plot(counts, [100 * r["weak_eff"] for r in rows], "o-", label="weak (measured)")
     if all(r["strong_eff"] != "" for r in rows):
         ax.plot(counts, [100 * r["strong_eff"] for r in rows], "s-", label="strong (measured)")
@@ -131,9 +129,8 @@ def write_outputs(res: dict, counts: list, batch: int, out: Path, stem: str, mod
     ax.set_ylabel("efficiency (%)")
     ax.set_ylim(0, 110)
     ax.legend()
-    fig.savefig(out / f"{stem}.png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    print(f"wrote {out}/{stem}.csv, .md, .png")
+    save(fig, out, stem)                         # the one home of figure saving: PNG and PDF
+    print(f"wrote {out}/{stem}.csv, .md, .png, .pdf")
     return rows
 
 

@@ -8,7 +8,7 @@ Measures the rows of docs/performance.md that cite it, each from phases that alt
   2. weak-scaling efficiency np=2 / np=1 inside one ``mpirun -np 2`` job, at --size and --big-size: a solo
      phase (rank 0 alone, Horovod over the process set {0}), a pair phase (both ranks, the global set) and a
      shared phase (both ranks, each over its own set: contention without communication); then the gradient
-     allreduce alone, and the performance model's prediction from those (covidnetx/perfmodel.py);
+     allreduce alone, and the performance model's prediction from those (benchmarks/perfmodel.py);
   3. Horovod np=1 fed from packed HDF5 (raw and png) by the torch loader and by DALI (CPU): the share of
      the step spent waiting for the next batch.
 Every timed step is the engine's: forward under its autocast, backward, ``Dist.step`` (Horovod's wait and
@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import hardware_tag, machine_line, mean_ci, mean_interval, pooled_cv, write_csv  # noqa: E402
+from covidnetx.data.hdf5 import is_packed  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ workers
@@ -50,7 +51,7 @@ class Arm:
     def __init__(self, args, dist, device, **wrap):
         import torch
         from covidnetx.models import create_model
-        from covidnetx.train.engine import autocast
+        from covidnetx.dist import autocast
         self.dist, self.device, self.precision = dist, device, args.precision
         self.autocast, self.loss = autocast, torch.nn.functional.cross_entropy
         self.model = create_model(args.model, 3).to(device).train()
@@ -252,7 +253,7 @@ def run_worker(mode, np_, data, loader, args, size=None, iters=None, blocks=None
 
 def ensure_packed(work: Path, n: int, src: int, encoding: str) -> Path:
     out = work / f"packed-{encoding}"
-    if (out / "index.json").is_file():
+    if is_packed(out):
         return out
     from benchmarks.pack import make_raw
     raw = make_raw(work / "raw", n, src)
@@ -280,7 +281,7 @@ def measure_overhead(args, rows) -> None:
 
 
 def measure_scaling(args, rows, size) -> None:
-    from covidnetx.perfmodel import shared_efficiency, straggler_time
+    from benchmarks.perfmodel import shared_efficiency, straggler_time
     k = max(2, args.block_steps * args.size * args.size // (size * size))
     r = run_worker("interleaved", 2, "synthetic", "torch", args, size=size, iters=k * args.blocks)
     blocks = r["blocks"]

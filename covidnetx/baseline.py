@@ -21,7 +21,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from covidnetx.utils import UserError, atomic_write_bytes, machine_summary
+from covidnetx.launch import mpirun_cmd
+from covidnetx.results import load_results
+from covidnetx.rundir import RunDir
+from covidnetx.scaling.cells import final_rows
+from covidnetx.utils import SHARED, UserError, atomic_write_bytes, machine_summary, run_step
 
 PUBLISHED = [  # MedMNIST v2, Table (PneumoniaMNIST): name, input, test AUC, test ACC
     ("MedMNIST v2: ResNet-18 (28)", "28 px", 0.944, 0.854),
@@ -37,7 +41,6 @@ CREDITS = ("Data: kermany-small, 5,840 pediatric chest X-rays from Kermany, Zhan
 
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
-    from covidnetx.study import SHARED
     p = parser or argparse.ArgumentParser(prog="covidnetx baseline")
     p.description = __doc__.split("\n\n")[0]
     p.epilog = __doc__.split("\n\n", 1)[1]
@@ -85,15 +88,11 @@ def table(rows: list, model: str, size: int, epochs: float) -> str:
 
 def run_baseline(raw: Path, out: Path, model: str, size: int, epochs: float, seeds: list, nprocs: int) -> tuple:
     """Pack, train (finished seeds are not rerun), and return (the Markdown table, its rows)."""
-    from covidnetx.launch import mpirun_cmd
-    from covidnetx.results import load_results
-    from covidnetx.scaling.table import final_rows
-    from covidnetx.study import _run
     if not (raw / "labels.csv").is_file():
         raise UserError(f"{raw}: no labels.csv (the baseline needs ../shared/data/kermany-small or --data)")
     packed = out / "packed" / f"kermany-{size}"
     prefix = mpirun_cmd(nprocs) if nprocs > 1 else []
-    _run(prefix + [sys.executable, "-m", "covidnetx.cli", "pack", "csv", raw, packed, "--size", size,
+    run_step(prefix + [sys.executable, "-m", "covidnetx.cli", "pack", "csv", raw, packed, "--size", size,
                    "--val-fraction", "0.1", "--seed", "0", "--no-progress"])
     cmd = prefix + [sys.executable, "-m", "covidnetx.cli", "transfer", "--config", "transfer_cpu",
                     f"data.sources=[{packed}]", "data.rename={bacterial: pneumonia, viral: pneumonia}",
@@ -103,7 +102,7 @@ def run_baseline(raw: Path, out: Path, model: str, size: int, epochs: float, see
                     "optim.weight_decay=5e-4", "optim.warmup_steps=50", "optim.mixup=0", f"out_dir={out / 'runs'}",
                     f"run_name=medmnist-{model}-{size}px", f"seeds=[{','.join(map(str, seeds))}]",
                     "target_name=kermany-binary", "target_domain=xray", "alignment_samples=0"]
-    _run(cmd)
+    run_step(cmd)
     rows = [r for r in final_rows(load_results(out / "runs" / "results.jsonl"))
             if r.model == model and r.seed in seeds and r.target == "kermany-binary"]
     if not rows:
@@ -114,7 +113,6 @@ def run_baseline(raw: Path, out: Path, model: str, size: int, epochs: float, see
 def run(args) -> int:
     t0 = time.time()
     seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
-    from covidnetx.record import RunDir
     done_before = sum(RunDir(Path(args.out) / "runs" / f"medmnist-{args.model}-{args.size}px-s{s}").is_done()
                       for s in seeds)
     md, rows = run_baseline(Path(args.data), Path(args.out), args.model, args.size, args.epochs, seeds, args.nprocs)
@@ -133,12 +131,3 @@ def run(args) -> int:
         atomic_write_bytes(Path(args.report_to), doc.encode())
         print(f"written to {args.report_to}")
     return 0
-
-
-def main(argv=None) -> int:
-    from covidnetx.utils import run_main
-    return run_main("covidnetx baseline", build_parser, run, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -29,12 +29,3 @@ def run(args) -> int:
         raise UserError(f"{script} not found (benchmarks/ ships with the source tree, not the wheel)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH_DIR.parent), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, str(script), *args.args], env=env).returncode
-
-
-def main(argv=None) -> int:
-    from covidnetx.utils import run_main
-    return run_main("covidnetx bench", build_parser, run, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,10 @@
-"""`covidnetx <subcommand>`: the one entry point. Every subcommand is also `main(argv)` in its module."""
+"""`covidnetx <subcommand>`: the one entry point and the one ``main``. Every subcommand's module exports
+``build_parser(parser)`` and ``run(args)``; errors are formatted here (a ``UserError`` is one line and
+exit 2, Ctrl-C one line and exit 130)."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -16,7 +19,7 @@ SUBCOMMANDS = {
     "generate": ("data_tools.generate", "write the built-in synthetic multi-domain raw datasets"),
     "pretrain": ("covidnetx.train.pretrain", "pre-train a model on a packed source (Horovod / torch.distributed / single)"),
     "transfer": ("covidnetx.train.transfer", "transfer to a packed target: full fine-tune, linear probe or few-shot"),
-    "evaluate": ("covidnetx.train.evaluate", "evaluate a saved checkpoint on a packed split (exact under any launcher)"),
+    "evaluate": ("covidnetx.eval.evaluatecmd", "evaluate a saved checkpoint on a packed split (exact under any launcher)"),
     "runs": ("covidnetx.train.runs", "run several resolved configs in one launcher invocation (a sweep stage)"),
     "sweep": ("covidnetx.sweep", "expand a sweep file into runs; execute locally or as a chain of Slurm jobs"),
     "fit": ("covidnetx.scaling.fitcmd", "fit scaling laws to a results table or CSV (refuses what the data cannot support)"),
@@ -32,7 +35,6 @@ SUBCOMMANDS = {
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The full parser; with ``only``, just that subcommand's module is imported (fast start-up: packing
     never imports torch)."""
-    import importlib
 
     p = argparse.ArgumentParser(prog="covidnetx", description=__doc__.split("\n")[0])
     p.add_argument("--version", action="version", version=f"covidnetx {__version__}")

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import inspect
+import re
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -177,7 +181,6 @@ def _coerce(key: str, tp, value, schema: Optional["Schema"] = None):
 def _unknown(key: str, known_here=None, schema: Optional["Schema"] = None) -> UserError:
     """The error for an unknown key: the nearest known dotted key when one is close (a typo), else the
     keys known at that level; and where the whole list is."""
-    import difflib
     schema = schema or RUN_SCHEMA
     near = difflib.get_close_matches(key, [k for k, *_ in key_reference(schema.root)], n=1, cutoff=0.75)
     hint = f"did you mean {near[0]!r}?" if near else (
@@ -318,7 +321,6 @@ def load_config(path: Optional[str] = None, overrides: Optional[list] = None, ba
     if path:
         p = Path(path)
         if not p.exists():
-            from importlib import resources
             packaged = resources.files("covidnetx") / "configs" / (path if path.endswith(".yaml") else path + ".yaml")
             if packaged.is_file():
                 p = Path(str(packaged))
@@ -371,8 +373,6 @@ def key_reference(root=None) -> list:
     """(dotted key, type, default, description) of every key of ``root`` (a dataclass; the run Config by
     default), in definition order. The descriptions are the comments beside the fields: one place keeps
     them."""
-    import inspect
-    import re
     rows = []
 
     def type_name(tp) -> str:
@@ -460,15 +460,18 @@ def config_hash(cfg: Config, exclude=HASH_FREE) -> str:
             if isinstance(d.get(top), dict):
                 d[top] = {k: v for k, v in d[top].items() if k != sub}
     for key, default in HASH_NEW_DEFAULTS.items():     # keys added later: at their default, as if absent
-        top, sub = key.split(".", 1)
-        if isinstance(d.get(top), dict) and d[top].get(sub) == default:
+        top, _, sub = key.partition(".")
+        if not sub:
+            if d.get(top) == default:
+                del d[top]
+        elif isinstance(d.get(top), dict) and d[top].get(sub) == default:
             d[top] = {k: v for k, v in d[top].items() if k != sub}
     return stable_hash(d, 12)
 
 
 # keys added after runs were made: at these values a config hashes as it did before the key existed, so
 # the run ids of existing studies (and their resumption) survive an upgrade
-HASH_NEW_DEFAULTS = {"optim.min_steps": 0}
+HASH_NEW_DEFAULTS = {"optim.min_steps": 0, "class_weights": "none"}
 
 
 def is_probe(cfg: "Config") -> bool:

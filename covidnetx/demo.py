@@ -11,7 +11,6 @@ with a CI over checkpoints) and a data law for the X-ray source that passes its 
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Optional
 
 from covidnetx import study
@@ -27,12 +26,3 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
 
 def run(args) -> int:
     return study.run(args)
-
-
-def main(argv=None) -> int:
-    from covidnetx.utils import run_main
-    return run_main("covidnetx demo", build_parser, run, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

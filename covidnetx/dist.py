@@ -97,9 +97,9 @@ class Dist:
             mpi = sys.modules.get("mpi4py.MPI")
             if mpi is None:
                 with contextlib.suppress(Exception):
-                    import mpi4py
+                    import mpi4py  # lazy: optional, MPI, only with several ranks
                     mpi4py.rc.initialize = False
-                    from mpi4py import MPI as mpi
+                    from mpi4py import MPI as mpi  # lazy: optional, MPI, only with several ranks
             if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
                 mpi.COMM_WORLD.Abort(code)
         os._exit(code)
@@ -215,7 +215,7 @@ class HorovodDist(Dist):
 
     def __init__(self, want_device: str, process_sets=()):
         try:
-            import horovod.torch as hvd
+            import horovod.torch as hvd  # lazy: optional, the Horovod backend
         except ImportError as e:
             raise UserError(f"backend 'horovod' needs horovod built against torch ({e}); run make setup "
                             f"or use backend=torch/none") from None
@@ -298,7 +298,7 @@ class TorchDist(Dist):
     backend = "torch"
 
     def __init__(self, want_device: str):
-        import torch.distributed as td
+        import torch.distributed as td  # lazy: the torch backend only
         self.td = td
         world = world_from_env()
         os.environ.setdefault("RANK", str(world.rank))
@@ -397,7 +397,7 @@ def _rendezvous(world: World):
     """MASTER_ADDR/PORT when the launcher did not set them: rank 0 picks a free port, MPI broadcasts it."""
     if world.size == 1:
         return "127.0.0.1", _free_port()
-    from mpi4py import MPI
+    from mpi4py import MPI  # lazy: optional, MPI, only with several ranks
     comm = MPI.COMM_WORLD
     info = (socket.gethostname(), _free_port()) if comm.Get_rank() == 0 else None
     host, port = comm.bcast(info, root=0)
@@ -421,3 +421,26 @@ def init(backend: str = "horovod", device: str = "auto") -> Dist:
             raise UserError(f"backend 'none' but the launcher started {w.size} ranks; use horovod or torch")
         return Dist(w, _pick_device(0, device))
     raise UserError(f"unknown backend {backend!r} (horovod | torch | none)")
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def default_threads() -> int:
+    """Intra-op threads per process when the config leaves ``threads`` at 0: the CPUs this process may
+    run on. When a launcher bound it (srun --cpus-per-task, mpirun --bind-to ...), its affinity set is
+    its share already; when unbound (the whole machine), the machine is split among the ranks on this
+    node. os.cpu_count() alone would give every rank of a 4-GPU node all 128 cores of the node."""
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if allowed < (os.cpu_count() or allowed):
+        return max(1, allowed)
+    local = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "0") or 0)
+                or world_from_env().size)
+    return max(1, allowed // max(1, local))
+
+
+def set_threads(cfg) -> None:
+    torch.set_num_threads(cfg.threads or default_threads())

@@ -3,8 +3,12 @@ and a minimal MPI communicator for the data tools (mpi4py only when there is mor
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import time
 from dataclasses import dataclass
+
+from covidnetx.utils import set_stop_check
 
 _RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "HOROVOD_RANK", "SLURM_PROCID", "RANK")
 _SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "HOROVOD_SIZE", "SLURM_NTASKS", "WORLD_SIZE")
@@ -71,7 +75,7 @@ class SingleComm:
 def get_comm():
     """mpi4py's COMM_WORLD when launched with several ranks, else a SingleComm."""
     if world_from_env().size > 1:
-        from mpi4py import MPI
+        from mpi4py import MPI  # lazy: optional, MPI, only with several ranks
         return MPI.COMM_WORLD
     return SingleComm()
 
@@ -89,7 +93,6 @@ def quiet_barrier(comm, poll_s: float = 0.005) -> None:
 def mpirun_cmd(np_: int, extra: tuple = ()) -> list:
     """An ``mpirun`` prefix that works on a laptop, a CI box and an allocation: root allowed, more ranks
     than cores allowed, waiting ranks yield their core (mpi_yield_when_idle)."""
-    import shutil
     exe = shutil.which("mpirun")
     if exe is None:
         raise RuntimeError("mpirun not found: install Open MPI (make setup does) or run with --np 1")
@@ -98,3 +101,44 @@ def mpirun_cmd(np_: int, extra: tuple = ()) -> list:
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-run-as-root")
     return cmd + list(extra)
+
+
+EXIT_REQUEUE = 75           # EX_TEMPFAIL: "saved, run me again"
+
+
+class Interrupted(Exception):
+    """Raised after the checkpoint of a signalled run is safely on disk (args: step, or None when the
+    signal came between runs and nothing needed saving)."""
+
+
+class StopSignals:
+    """SIGUSR1 and SIGTERM (Slurm's warning before the time limit, scancel, a requeue) set a flag instead
+    of killing the process; training acts on it at the next step, the run loop between runs. Installed
+    for a whole launcher invocation (``with STOP:``; re-entrant), so a signal during start-up, evaluation
+    or between the runs of a sweep stage still ends in a checkpoint and exit EXIT_REQUEUE."""
+
+    def __init__(self):
+        self.requested = False
+        self._depth = 0
+        self._old: dict = {}
+
+    def _handler(self, signum, frame):
+        self.requested = True
+
+    def __enter__(self):
+        if self._depth == 0:
+            self.requested = False
+            self._old = {s: signal.signal(s, self._handler) for s in (signal.SIGUSR1, signal.SIGTERM)}
+            set_stop_check(lambda: self.requested)       # long start-up loops (checksums) look too
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        self._depth -= 1
+        if self._depth == 0:
+            for s, h in self._old.items():
+                signal.signal(s, h)
+            set_stop_check(lambda: False)
+
+
+STOP = StopSignals()

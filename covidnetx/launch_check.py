@@ -17,7 +17,6 @@ from typing import Optional
 
 import numpy as np
 
-from covidnetx.utils import run_main
 
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
@@ -46,7 +45,7 @@ def problems(ranks: list, total: float) -> list:
 
 
 def run(args) -> int:
-    from covidnetx import dist as D
+    from covidnetx import dist as D  # lazy: heavy, torch, only when the check runs (not for --help)
     dist = D.init(args.backend, args.device)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     # a GPU's identity on its node: the device Slurm bound (CUDA_VISIBLE_DEVICES) or the one pinned
@@ -70,7 +69,3 @@ def run(args) -> int:
             print(f"covidnetx launch-check: error: {'; '.join(bad)}", file=sys.stderr, flush=True)
     dist.shutdown()
     return 2 if bad else 0
-
-
-def main(argv=None) -> int:
-    return run_main("covidnetx launch-check", build_parser, run, argv)

@@ -20,7 +20,10 @@ from typing import Optional
 
 from covidnetx.utils import UserError, read_json, read_text, write_failure
 
-SCHEMA_VERSION = 1      # raise when a field is renamed, removed or changes meaning (adding one does not)
+SCHEMA_VERSION = 2      # raise when a field is renamed, removed or changes meaning (adding one does not)
+# 2: probe rows (linear, few-shot linear) say steps 0 and global_batch null (no SGD) and carry their L-BFGS
+#    iterations in probe_iterations (schema 1 wrote the iterations into steps and total_steps and the
+#    training-set size into global_batch); schema-1 tables are read and converted (``from_dict``)
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,8 @@ class ResultRow(Mapping):
     seed: int
     pretrain_seed: Optional[int]
     world_size: int
-    global_batch: int
-    steps: int                         # steps done when this row was written
+    global_batch: Optional[int]        # None: no SGD (a linear probe)
+    steps: int                         # optimizer steps done when this row was written (0 for a probe)
     total_steps: int
     samples_seen: int
     train_size: int
@@ -78,6 +81,7 @@ class ResultRow(Mapping):
     balanced_accuracy: Optional[float]
     auc: Optional[float]
     ap: Optional[float]
+    probe_iterations: Optional[int] = None     # a probe's L-BFGS iterations (None: a run trained by SGD)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -100,8 +104,11 @@ class ResultRow(Mapping):
         if not isinstance(d, dict):
             raise UserError(f"{where}: a result row is a JSON object, not {type(d).__name__}")
         version = d.get("schema", 1)       # rows of the first layout carried no version
-        if version != SCHEMA_VERSION:
-            raise UserError(f"{where}: result row schema {version!r}; this covidnetx reads schema {SCHEMA_VERSION}")
+        if version == 1:
+            d = _from_schema_1(d)
+        elif version != SCHEMA_VERSION:
+            raise UserError(f"{where}: result row schema {version!r}; this covidnetx reads schemas 1 and "
+                            f"{SCHEMA_VERSION}")
         missing = [k for k in FIELD_NAMES if k not in d]
         if missing:
             raise UserError(f"{where}: result row lacks {', '.join(missing)}")
@@ -121,6 +128,17 @@ class ResultRow(Mapping):
 
     def __len__(self):
         return len(self._flat)
+
+
+def _from_schema_1(d: dict) -> dict:
+    """A schema-1 row in schema 2's meaning: a probe row (it has ``probe_iterations``, then an extra
+    metric) gets steps 0 and no global batch; every row gets the probe_iterations field."""
+    d = {k: v for k, v in d.items() if k != "schema"}
+    if "probe_iterations" in d:
+        d.update(steps=0, total_steps=0, global_batch=None)
+    else:
+        d["probe_iterations"] = None
+    return d
 
 
 FIELD_TYPES = {k: v for k, v in typing.get_type_hints(ResultRow).items() if k != "extra"}

@@ -7,6 +7,7 @@ generic) and sources jobscripts/common.sh, which forwards Slurm's early-warning 
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 import subprocess
@@ -34,7 +35,6 @@ def settings(sw) -> dict:
     """The sweep's ``slurm`` section with every value resolved: the template's defaults where left at 0
     (generic: 1 task and 1 CPU per node, no GPU; juwels: 4 tasks, 4 GPUs and 12 CPUs per task), this
     Python and this folder where left empty."""
-    import dataclasses
     s = dataclasses.asdict(sw.slurm)            # the template name was checked with the sweep file
     juwels = s["template"] == "juwels"
     for key, generic, booster in (("tasks_per_node", 1, 4), ("gpus_per_node", 0, 4), ("cpus_per_task", 1, 12)):

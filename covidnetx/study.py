@@ -35,18 +35,23 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import shlex
-import subprocess
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 from covidnetx import config as C
-from covidnetx.utils import UserError, atomic_write_bytes, atomic_write_json, dump_yaml, machine_summary
-
-SHARED = Path(os.environ.get("COVIDNETX_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from covidnetx import sweep as S
+from covidnetx.baseline import run_baseline
+from covidnetx.data.hdf5 import load_index
+from covidnetx.launch import mpirun_cmd
+from covidnetx.rundir import RunDir
+from covidnetx.slurm import submit_chain
+from covidnetx.utils import (SHARED, UserError, atomic_write_bytes, atomic_write_json, dump_yaml, machine_summary,
+                             run_step)
+from data_tools.synth import generate
 
 _PRE = {"data": {"eval_split": "val"},
         "optim": {"lr": 0.1, "base_batch": 64, "batch_size": 32, "schedule": "cosine", "weight_decay": 5e-4}}
@@ -145,13 +150,6 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     return p
 
 
-def _run(cmd: list) -> None:
-    print("$ " + " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
-    r = subprocess.run([str(c) for c in cmd])
-    if r.returncode != 0:
-        raise UserError(f"step failed with exit code {r.returncode}: {' '.join(str(c) for c in cmd)}")
-
-
 def _kind(raw: Path) -> str:
     return "csv" if (raw / "labels.csv").is_file() else "imagefolder"
 
@@ -189,7 +187,6 @@ def raw_data(preset: dict, args, out: Path) -> tuple:
             raise UserError(f"the real-image study needs {', '.join(missing)}")
         raws = {k: (SHARED / d, splits) for k, (d, splits) in preset["packs"].items()}
         return raws, copy.deepcopy(preset["sources"]), SHARED / preset["target"]
-    from data_tools.synth import generate
     paths = generate(out / "raw", **preset["generate"])
     print(f"generated raw data under {out / 'raw'}", flush=True)
     return ({"natural": (Path(paths["natural"]), None), "xray": (Path(paths["xray-source"]), None)},
@@ -199,7 +196,6 @@ def raw_data(preset: dict, args, out: Path) -> tuple:
 
 def pack_all(raws: dict, target: Path, out: Path, nprocs: int, size: int) -> tuple:
     """Pack and verify every raw folder: ({pack name: packed dir}, packed target)."""
-    from covidnetx.launch import mpirun_cmd
     prefix = mpirun_cmd(nprocs) if nprocs > 1 else []
     packed = {}
     todo = [(name, raw, splits) for name, (raw, splits) in raws.items()] + [("target", target, None)]
@@ -211,15 +207,14 @@ def pack_all(raws: dict, target: Path, out: Path, nprocs: int, size: int) -> tup
             cmd += ["--val-fraction", splits or "0.15"]
         else:
             cmd += ["--splits", splits or ("0.45,0.15,0.4" if name == "target" else "0.85,0.15,0")]
-        _run(cmd)
-        _run([sys.executable, "-m", "covidnetx.cli", "verify", dst])
+        run_step(cmd)
+        run_step([sys.executable, "-m", "covidnetx.cli", "verify", dst])
         packed[name] = dst
     return {n: packed[n] for n in raws}, packed["target"]
 
 
 def feasible_shots(target: Path, shots: list) -> tuple:
     """Few-shot k values the target's train split can serve (k <= its smallest class), and a note."""
-    from covidnetx.data.hdf5 import load_index
     idx = load_index(target)
     counts = {cls: sum(int(n) for n in by_source.values())
               for cls, by_source in (idx.get("counts", {}).get("train") or {}).items()}
@@ -263,69 +258,103 @@ def write_sweep(out: Path, preset: dict, sources: dict, packed: dict, target: Pa
     return path
 
 
+def study_command(argv: list, preset: str) -> str:
+    """The command line the report prints: the study's own arguments, or the preset when called as a
+    library."""
+    if argv[1:2] == ["study"]:
+        return "covidnetx study " + " ".join(shlex.quote(a) for a in argv[2:])
+    return f"covidnetx study --preset {preset}"
+
+
+def prepare(args, preset: dict, out: Path) -> Optional[tuple]:
+    """Raw data -> packed and verified -> OUT/sweep.yaml and its run configs: (sweep, its runs
+    (pre-training, transfer), config paths, a note on the few-shot k kept); None after --pack-only."""
+    raws, sources, target_raw = raw_data(preset, args, out)
+    packed, target = pack_all(raws, target_raw, out, args.nprocs, 32)
+    if args.pack_only:
+        return None
+    shots, note = feasible_shots(target, _ints(args.shots) if args.shots else preset["shots"])
+    if note:
+        print(f"covidnetx study: {note}", flush=True)
+    preset["shots"] = shots
+    sw = S.load_sweep(str(write_sweep(out, preset, sources, packed, target, args)))
+    pre, tr = S.expand(sw)
+    return sw, pre, tr, S.write_configs(sw, pre, tr), note
+
+
+def run_ids(pre: list, tr: list) -> list:
+    """Every run of the plan: pre-training runs, then each transfer stage's runs."""
+    return [n for n, _ in pre] + [x for *_, subs in tr for x in subs]
+
+
+def execute(sw, pre: list, tr: list, paths, nprocs: int) -> int:
+    """Run the plan here (pre-training, then transfer; finished runs are skipped); returns how many runs
+    were done before this invocation."""
+    done_before = sum(RunDir(Path(sw.out_dir) / "runs" / n).is_done() for n in run_ids(pre, tr))
+    for stage in ("pretrain", "transfer"):
+        code = S.run_local(sw, pre, tr, paths, nprocs, stage, False)
+        if code:
+            raise UserError(f"the study's {stage} stage failed (exit {code}); rerun the same command to resume")
+    return done_before
+
+
+def study_info(stamp: Path, fresh: dict) -> dict:
+    """What the report says of the study: ``fresh`` (this invocation), except where nothing ran (every run
+    was done before) and an earlier record exists: then the record of the invocation that did the work,
+    with this invocation's note, credits, caveats and baseline."""
+    total = fresh["runs"]["pretrain"] + fresh["runs"]["transfer"]
+    if fresh["done_before"] == total and stamp.is_file():
+        keep = ("note", "credits", "caveats", "baseline")
+        return {**json.loads(stamp.read_text()), **{k: fresh.get(k, "") for k in keep}}
+    return fresh
+
+
+def copy_report(report_dir: Path, dst: Path) -> list:
+    """The report's files (Markdown, figures as PNG, fit tables, JSON) copied to ``dst``; returns them."""
+    dst.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for f in sorted(report_dir.iterdir()):
+        if f.suffix in (".md", ".png", ".csv", ".json"):
+            shutil.copy2(f, dst / f.name)
+            copied.append(dst / f.name)
+    return copied
+
+
 def run(args) -> int:
     t0 = time.time()
     preset = copy.deepcopy(PRESETS[args.preset])
     out = Path(args.out or Path("study_out") / args.preset)
     out.mkdir(parents=True, exist_ok=True)
-    command = "covidnetx study " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["study"] \
-        else f"covidnetx study --preset {args.preset}"
-    raws, sources, target_raw = raw_data(preset, args, out)
-    packed, target = pack_all(raws, target_raw, out, args.nprocs, 32)
-    if args.pack_only:
+    command = study_command(sys.argv, args.preset)
+    planned = prepare(args, preset, out)
+    if planned is None:
         print(f"study (pack only) finished in {time.time() - t0:.0f} s; packed data under {out / 'packed'}")
         return 0
-    shots = _ints(args.shots) if args.shots else preset["shots"]
-    shots, note = feasible_shots(target, shots)
-    if note:
-        print(f"covidnetx study: {note}", flush=True)
-    preset["shots"] = shots
-    sweep = write_sweep(out, preset, sources, packed, target, args)
-    from covidnetx import sweep as S
-    from covidnetx.record import RunDir
-    sw = S.load_sweep(str(sweep))
-    pre, tr = S.expand(sw)
-    paths = S.write_configs(sw, pre, tr)
+    sw, pre, tr, paths, note = planned
     if args.executor == "slurm":
-        from covidnetx.slurm import submit_chain
-        return submit_chain(sw, pre, tr, paths, str(sweep))
-    done_before = sum(RunDir(Path(sw.out_dir) / "runs" / n).is_done()
-                      for n in [n for n, _ in pre] + [x for *_, subs in tr for x in subs])
-    for stage in ("pretrain", "transfer"):
-        code = S.run_local(sw, pre, tr, paths, args.nprocs, stage, False)
-        if code:
-            raise UserError(f"the study's {stage} stage failed (exit {code}); rerun the same command to resume")
+        return submit_chain(sw, pre, tr, paths, str(out / "sweep.yaml"))
+    done_before = execute(sw, pre, tr, paths, args.nprocs)
     baseline = ""
     if preset.get("baseline") and preset["data"] == "shared":
-        from covidnetx.baseline import run_baseline
         b = preset["baseline"]
         baseline, _ = run_baseline(SHARED / preset["target"], out / "baseline", b["model"], b["size"], b["epochs"],
                                    _ints(b["seeds"]), args.nprocs)
     elapsed = time.time() - t0
-    info = {"command": command, "preset": args.preset, "seconds": round(elapsed), "done_before": done_before,
-            "runs": {"pretrain": len(pre), "transfer": sum(len(s) for *_, s in tr)}, "note": note,
-            "credits": preset.get("credits", ""), "caveats": preset.get("caveats", ""), "baseline": baseline}
-    total = info["runs"]["pretrain"] + info["runs"]["transfer"]
     stamp = out / "study.json"
-    if done_before == total and stamp.is_file():      # nothing ran: keep the record of the run that did the work
-        info = {**json.loads(stamp.read_text()), "note": note, "credits": preset.get("credits", ""),
-                "caveats": preset.get("caveats", ""), "baseline": baseline}
+    info = study_info(stamp, {"command": command, "preset": args.preset, "seconds": round(elapsed),
+                              "done_before": done_before, "note": note, "baseline": baseline,
+                              "runs": {"pretrain": len(pre), "transfer": sum(len(s) for *_, s in tr)},
+                              "credits": preset.get("credits", ""), "caveats": preset.get("caveats", "")})
     atomic_write_json(stamp, info)
-    report = write_study_report(sw, info, [n for n, _ in pre] + [x for *_, subs in tr for x in subs])
+    report = write_study_report(sw, info, run_ids(pre, tr))
     if args.report_to:
-        import shutil
-        dst = Path(args.report_to)
-        dst.mkdir(parents=True, exist_ok=True)
-        for f in report.parent.iterdir():
-            if f.suffix in (".md", ".png", ".csv", ".json"):
-                shutil.copy2(f, dst / f.name)
-        print(f"report copied to {dst}")
+        copy_report(report.parent, Path(args.report_to))
+        print(f"report copied to {args.report_to}")
     print(f"study finished in {elapsed:.0f} s; report: {report}")
     return 0
 
 
 def write_study_report(sw, info: dict, run_ids=None) -> Path:
-    from covidnetx.scaling.report import write_report
     total = info["runs"]["pretrain"] + info["runs"]["transfer"]
     took = (f"it took {info['seconds'] / 60:.0f} min from raw data to this report" if not info["done_before"] else
             f"this invocation took {info['seconds'] / 60:.0f} min, resuming a study with {info['done_before']} of "
@@ -347,14 +376,6 @@ def write_study_report(sw, info: dict, run_ids=None) -> Path:
     res = Path(sw.out_dir) / "results.jsonl"
     pre += ("\n\nThe study's metric is balanced accuracy (the mean of the per-class sensitivities; chance = 1 / "
             "classes), which a model that favours the largest class cannot inflate.")
+    from covidnetx.scaling.report import write_report  # lazy: heavy, scipy and matplotlib, only to write the report
     return write_report(res, Path(sw.out_dir) / "report", metric=sw.fit.metric,
                         title=f"Transfer scaling study: {info['preset']}", preamble=pre, run_ids=run_ids, extra=extra)
-
-
-def main(argv=None) -> int:
-    from covidnetx.utils import run_main
-    return run_main("covidnetx study", build_parser, run, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

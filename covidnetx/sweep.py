@@ -16,15 +16,19 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-
 from covidnetx import config as C
-from covidnetx.record import RunDir
+from covidnetx.data.hdf5 import load_index
+from covidnetx.launch import mpirun_cmd
 from covidnetx.results import load_results
+from covidnetx.rundir import RunDir
+from covidnetx.slurm import submit_chain
 from covidnetx.utils import UserError, atomic_write_bytes, read_text, read_yaml
+
 
 @dataclass
 class SourceSpec:
@@ -193,7 +197,6 @@ def _fractions(sw: Sweep, src: SourceSpec) -> tuple:
     sizes = src.sizes or sw.sizes
     if not sizes:
         return [float(f) for f in sw.fractions], max(float(f) for f in sw.fractions)
-    from covidnetx.data.hdf5 import load_index
     n = 0
     for d in src.data:
         try:
@@ -313,7 +316,6 @@ def _done(sw, run_names) -> bool:
 
 def status(sw: Sweep, pre, tr, out=None) -> int:
     """Print the state of every run of the sweep; 0 when all are done, 1 otherwise."""
-    import time
     out = out or sys.stdout
     runs, now = Path(sw.out_dir) / "runs", time.time()
     order = ("done", "checkpointed", "started", "not started")
@@ -345,7 +347,6 @@ def status(sw: Sweep, pre, tr, out=None) -> int:
 
 
 def run_local(sw: Sweep, pre, tr, paths, nprocs: int, stage: str, dry: bool) -> int:
-    from covidnetx.launch import mpirun_cmd
     todo_pre = [paths[n] for n, _ in pre if not _done(sw, [n])]
     todo_tr = [paths[n] for n, _, subs in tr if not _done(sw, subs)]
     print(f"sweep {sw.name}: {len(pre)} pre-training runs ({len(todo_pre)} to do), {len(tr)} transfer configs "
@@ -369,8 +370,8 @@ def run_local(sw: Sweep, pre, tr, paths, nprocs: int, stage: str, dry: bool) -> 
             print(f"covidnetx sweep: stage {name} failed with exit code {r.returncode}", file=sys.stderr)
             return r.returncode
     if stage in ("all", "report") and not dry:
-        from covidnetx.scaling.report import write_report
         res = Path(sw.out_dir) / "results.jsonl"
+        from covidnetx.scaling.report import write_report  # lazy: heavy, scipy and matplotlib, only to write the report
         report = write_report(res, Path(sw.out_dir) / "report", metric=sw.fit.metric,
                               run_ids=[n for n, _ in pre] + [x for *_, subs in tr for x in subs])
         print(f"report: {report}")
@@ -403,17 +404,8 @@ def run(args) -> int:
         return 2
     if args.executor == "local":
         return run_local(sw, pre, tr, paths, args.nprocs or sw.np, args.stage, args.dry_run)
-    from covidnetx.slurm import submit_chain
     try:
         return submit_chain(sw, pre, tr, paths, args.sweep, dry_run=args.dry_run)
     except UserError as e:
         print(f"covidnetx sweep: error: {e}", file=sys.stderr)
         return 2
-
-
-def main(argv=None) -> int:
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

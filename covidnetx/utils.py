@@ -3,10 +3,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import shlex
 import stat
+import subprocess
 import tempfile
+import time
 from pathlib import Path
+
+import yaml
+
+# the real datasets (../shared/data beside the checkout; COVIDNETX_SHARED_DATA elsewhere)
+SHARED = Path(os.environ.get("COVIDNETX_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 class UserError(Exception):
@@ -25,7 +34,7 @@ def machine_summary() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     gpus = "no GPU"
     try:
-        import torch
+        import torch  # lazy: heavy, packing and sweep --status never import torch
         if torch.cuda.is_available() and torch.cuda.device_count():
             gpus = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     except Exception:  # noqa: BLE001 - a broken CUDA install still gets a report
@@ -34,11 +43,11 @@ def machine_summary() -> str:
 
 
 class StopRequested(Exception):
-    """A stop signal (SIGUSR1/SIGTERM, see train.engine.StopSignals) seen inside a long start-up step (a
+    """A stop signal (SIGUSR1/SIGTERM, see launch.StopSignals) seen inside a long start-up step (a
     shard's checksum, ...): the run ends within seconds, as a signal between runs does."""
 
 
-_STOP_CHECK = [lambda: False]          # set by train.engine.StopSignals while its handlers are installed
+_STOP_CHECK = [lambda: False]          # set by launch.StopSignals while its handlers are installed
 
 
 def set_stop_check(fn) -> None:
@@ -59,7 +68,6 @@ class _StrictLoader:
     @classmethod
     def get(cls):
         if cls.cls is None:
-            import yaml
 
             class Loader(yaml.SafeLoader):
                 def compose_node(self, parent, index):
@@ -136,7 +144,6 @@ def read_json(text: str, where: str):
 def read_yaml(text: str, where: str):
     """YAML from a file or option the user hands us: safe types only, no aliases, no duplicate keys;
     anything else is one UserError naming ``where`` and the line."""
-    import yaml
     try:
         return yaml.load(text, Loader=_StrictLoader.get())
     except _YamlRefused as e:
@@ -155,7 +162,6 @@ def read_yaml(text: str, where: str):
 def dump_yaml(obj, **kw) -> str:
     """YAML text without anchors or aliases (a value used twice is written twice), so that covidnetx's
     own files always pass ``read_yaml``."""
-    import yaml
 
     class Dumper(yaml.SafeDumper):
         def ignore_aliases(self, data):
@@ -273,12 +279,33 @@ def stable_hash(obj, n: int = 16) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:n]
 
 
-def run_main(prog: str, build_parser, run, argv=None) -> int:
-    """Entry point body shared by the subcommand modules: parse, run, turn a UserError into one message
-    and exit code 2."""
-    import sys
-    try:
-        return int(run(build_parser().parse_args(argv)) or 0)
-    except UserError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
+class Progress:
+    """The console line of a long phase, on rank 0 (the caller's test): step / total, loss, images/s over
+    the run so far and the ETA, at most every ``every_s`` seconds (0: at each call); plain lines (no carriage returns), so a Slurm output file shows a slow job from a hung one."""
+
+    def __init__(self, name: str, total: int, batch: int, every_s: float, start: int = 0, unit: str = "step"):
+        self.name, self.total, self.batch, self.every_s, self.unit = name, total, batch, every_s, unit
+        self.t0 = self.t_last = time.perf_counter()
+        self.start = self.last_step = start
+
+    def line(self, step: int, loss, now: float) -> str:
+        ips = (step - self.start) * self.batch / max(1e-9, now - self.t0)
+        eta = (self.total - step) * self.batch / ips if ips > 0 else float("nan")
+        eta_s = f"{int(eta // 60)}m{int(eta % 60):02d}s" if math.isfinite(eta) else "?"
+        return (f"[{self.name}] {self.unit} {step}/{self.total} ({100 * step / max(1, self.total):.0f}%)"
+                + (f" loss {loss:.4f}," if loss is not None else ",") + f" {ips:,.0f} img/s, ETA {eta_s}")
+
+    def step(self, step: int, loss=None) -> None:
+        now = time.perf_counter()
+        if now - self.t_last >= self.every_s:
+            print(self.line(step, loss, now), flush=True)
+            self.t_last, self.last_step = now, step
+
+
+def run_step(cmd: list) -> None:
+    """Run one step of a pipeline (pack, verify, ...) as a subprocess, printed first; a failure is one
+    UserError naming the command."""
+    print("$ " + " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
+    r = subprocess.run([str(c) for c in cmd])
+    if r.returncode != 0:
+        raise UserError(f"step failed with exit code {r.returncode}: {' '.join(str(c) for c in cmd)}")

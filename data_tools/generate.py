@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Optional
 
 from data_tools.synth import generate
@@ -24,11 +23,3 @@ def run(args) -> int:
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
-
-
-def main(argv=None) -> int:
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+from PIL import Image, ImageOps
 
 from covidnetx.utils import require_file
 
@@ -12,7 +13,6 @@ GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
 def image_channels(path: str) -> int:
-    from PIL import Image
     require_file(path, "image")
     with Image.open(path) as img:
         if img.mode == "P":
@@ -34,7 +34,6 @@ def load_image(path: str, channels: int, size: Optional[int], resize: str = "sho
     stretch = size x size ignoring aspect; shorter = shorter side to ``size``; none = keep.
     An image that already has the target shape is not resampled (so pixels round-trip exactly).
     """
-    from PIL import Image, ImageOps
 
     require_file(path, "image")             # a FIFO or a device would block or never end
     with Image.open(path) as img:

@@ -3,7 +3,6 @@ the merged label space of their mixture; with --fraction / --shots, what that se
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter
 from typing import Optional
 
@@ -52,11 +51,3 @@ def run(args) -> int:
         c = Counter(int(x) for x in mix.labels[sel])
         print("per class: " + ", ".join(f"{n} {c.get(i, 0)}" for i, n in enumerate(mix.class_names)))
     return 0
-
-
-def main(argv=None) -> int:
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

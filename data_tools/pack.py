@@ -14,6 +14,7 @@ import difflib
 import fcntl
 import os
 import sys
+import time
 import traceback
 from collections import Counter
 from pathlib import Path
@@ -364,7 +365,6 @@ def run(args) -> int:
 
 
 def _run(args, held: list) -> int:
-    import time
     comm = get_comm()
     rank, size = comm.Get_rank(), comm.Get_size()
     t0 = time.perf_counter()           # the packer's own time: after MPI start-up
@@ -401,7 +401,7 @@ def _run(args, held: list) -> int:
     mine = [sh for sh, o in zip(plan["shards"], owner) if o == rank]
     progress = None
     if rank == 0 and not args.no_progress:
-        from tqdm import tqdm
+        from tqdm import tqdm  # lazy: optional, the progress bar
         progress = tqdm(total=sum(len(sh["rows"]) for sh in mine), unit="img",
                         desc=f"pack rank 0/{size}", file=sys.stderr, mininterval=1.0)
     done = written = 0
@@ -464,12 +464,3 @@ def prepare_out(out: Path) -> None:
             idx.unlink()
     except OSError as e:
         raise UserError(f"{idx}: cannot remove the old index ({e.strerror or e})") from None
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 NATURAL_CLASSES = ["disc", "square", "cross", "ring", "stripes"]
 XRAY_SOURCE_CLASSES = ["clear", "consolidation", "peripheral", "effusion"]
@@ -124,7 +126,6 @@ def _patient(rng) -> dict:
 
 
 def _save(arr: np.ndarray, path: Path) -> None:
-    from PIL import Image
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path, format="PNG")
 
@@ -182,7 +183,6 @@ def generate(out: str | os.PathLike, per_class: int = 160, target_per_class: int
         want = want[:-1] + f" {xray_alignment} {tuple(source_severity)} v2\n"
     if stamp.is_file() and stamp.read_text() == want:
         return {k: str(v) for k, v in paths.items()}
-    import shutil
     for p in paths.values():                  # other settings were asked for: start clean
         shutil.rmtree(p, ignore_errors=True)
     stamp.unlink(missing_ok=True)

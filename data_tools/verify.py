@@ -85,11 +85,3 @@ def run(args) -> int:
     if not args.quiet:
         print("OK: checksums, counts and patient-disjoint splits verified")
     return 0
-
-
-def main(argv=None) -> int:
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -50,3 +50,28 @@ def test_normalised_frechet_is_width_and_scale_free():
     assert frechet_normalised(wide_a, wide_b) == pytest.approx(frechet_normalised(a, b), rel=1e-9)
     assert frechet_normalised(3 * a, 3 * b) == pytest.approx(frechet_normalised(a, b), rel=1e-9)
     assert frechet_normalised(a, a) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_distance_exact_in_sample_space():
+    """Alignment metric: agrees with the d x d sqrtm formula where that is well posed (more samples than
+    dimensions), and stays exact, without warnings, where the covariances are singular (fewer samples than
+    dimensions): shifted copies differ by |shift|^2, scaled copies by their closed form."""
+    import warnings
+    from scipy import linalg
+    from covidnetx.scaling.alignment import frechet
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 8)), rng.normal(1.0, 2.0, size=(200, 8)) @ rng.normal(size=(8, 8))
+    c1, c2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ref = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(c1) + np.trace(c2) - 2 * np.trace(linalg.sqrtm(c1 @ c2).real)
+    assert frechet(a, b) == pytest.approx(ref, rel=1e-9)
+    assert frechet(a, b) == pytest.approx(frechet(b, a), rel=1e-12)
+    x = rng.normal(size=(64, 512))                  # n < d, as in a transfer's alignment (features of 64 images)
+    shift = rng.normal(size=512)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert frechet(x, x + shift) == pytest.approx((shift ** 2).sum(), rel=1e-9)
+        trace = np.trace(np.cov(x, rowvar=False))
+        assert frechet(x, 2 * x) == pytest.approx(trace + (x.mean(0) ** 2).sum(), rel=1e-9)
+        assert frechet(x, x) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="equal width"):
+        frechet(x, a)

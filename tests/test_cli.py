@@ -84,7 +84,7 @@ def test_study_on_the_real_images_shrunk(tmp_path, monkeypatch, capsys, natural_
     out = tmp_path / "s"
     stdout = _study(out, capsys)
     from covidnetx.results import load_results
-    from covidnetx.scaling.table import format_cell
+    from covidnetx.scaling.cells import format_cell
     rows = [x for x in load_results(out / "study" / "results.jsonl") if x["final"]]
     assert sorted({x["regime"] for x in rows}) == ["fewshot", "full", "linear", "pretrain"]
     assert {x["source"] for x in rows} == {"natural", "nih", "nih-small", "scratch"}

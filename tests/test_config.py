@@ -114,22 +114,8 @@ def test_hyperrule_is_resolved_into_the_config_and_reruns_as_it_ran(n_train, wor
     assert sched.base_lr == pytest.approx(0.003 * 32 * world / 512)
 
 
-def test_a_resumed_run_must_resolve_to_the_schedule_it_started_with(tmp_path):
-    from covidnetx.record import RunDir
-    from covidnetx.train.schedule import resolve_run
-    cfg = C.load_config(overrides=["task=transfer", "optim.epochs=2"])
-    rd = RunDir(tmp_path / "run")
-    rd.write_config(C.dump(resolve_run(cfg, 265, 1)[0]))
-    rd.check_resolved(resolve_run(cfg, 265, 1)[0])
-    with pytest.raises(UserError, match=r"run directory .*run was started with another resolved schedule "
-                                        r"\(optim.steps: 17 -> 9; optim.warmup_steps: 3 -> 1\)"):
-        rd.check_resolved(resolve_run(cfg, 265, 2)[0])
-    rd.write_config(C.dump(cfg))          # a config saved before schedules were resolved: its unset keys match
-    rd.check_resolved(resolve_run(cfg, 265, 2)[0])
-
-
 def test_keys_added_later_leave_existing_run_ids_alone():
-    """optim.min_steps came after studies were run: at its default a config hashes as before it existed
+    """optim.min_steps and class_weights came after studies were run: at its default a config hashes as before it existed
     (the value pinned here is the hash covidnetx gave this config before the key), so run ids and the
     resumption of existing studies survive the upgrade; a non-default value changes the hash."""
     from covidnetx import config as C
@@ -137,3 +123,4 @@ def test_keys_added_later_leave_existing_run_ids_alone():
     assert C.config_hash(cfg) == "9fbcb8dd03b2"
     assert C.config_hash(C.load_config(None, ["task=pretrain", "optim.min_steps=250"])) != "9fbcb8dd03b2"
     assert C.config_hash(C.load_config(None, ["task=pretrain", "progress_s=5"])) == "9fbcb8dd03b2"
+    assert C.config_hash(C.load_config(None, ["task=pretrain", "class_weights=balanced"])) != "9fbcb8dd03b2"

@@ -371,8 +371,8 @@ def _row(run_id, **kw):
 
 def test_fit_on_results_leaves_chance_cells_out_and_refuses_a_relabelled_compute_axis(tmp_path):
     from covidnetx.results import append_row
-    from covidnetx.scaling.fitcmd import fit_table
-    from covidnetx.scaling.table import final_rows, load_table
+    from covidnetx.scaling.groups import fit_table
+    from covidnetx.scaling.cells import final_rows, load_table
     res = tmp_path / "results.jsonl"
     for i, p in enumerate(np.logspace(4, 6, 7)):
         for s in range(3):
@@ -393,8 +393,8 @@ def test_fit_averages_few_shot_draws_within_their_checkpoint(tmp_path):
     """Few-shot rows: 3 checkpoints per model size, 5 draws on each. The fit has one point per checkpoint
     (n = 3 per x, not 15), whose error is the mean over its draws; --unit seed would count draws instead."""
     from covidnetx.results import append_row
-    from covidnetx.scaling.fitcmd import fit_table
-    from covidnetx.scaling.table import final_rows, load_table
+    from covidnetx.scaling.groups import fit_table
+    from covidnetx.scaling.cells import final_rows, load_table
     res = tmp_path / "results.jsonl"
     rng = np.random.default_rng(0)
     for i, p in enumerate(np.logspace(4, 6, 6)):

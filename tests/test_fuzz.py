@@ -88,7 +88,7 @@ TABLE_PIECES = st.lists(st.sampled_from(["width,acc\n", "4,0.5\n", "8,", "nan", 
 @FUZZ
 @given(text=st.one_of(TABLE_PIECES, TEXTISH), suffix=st.sampled_from([".csv", ".jsonl", ".txt"]))
 def test_the_results_table_reader(tmp_path_factory, text, suffix):
-    from covidnetx.scaling import table as T
+    from covidnetx.scaling import cells as T
     p = tmp_path_factory.mktemp("t") / f"t{suffix}"
     p.write_text(text, encoding="utf-8", errors="surrogatepass")
     _only_user_errors(T.load_checked, p, "acc")

@@ -232,7 +232,7 @@ def test_checkpoints_of_another_model_and_unwritable_outputs(tmp_path, capsys):
     import torch
     torch.save({"a": torch.zeros(2)}, tmp_path / "plain.ckpt")
     assert main(pretrain_args(data, out, steps=1, extra=common + ["run_name=p", f"resume={tmp_path / 'plain.ckpt'}"])) == 2
-    assert "plain.ckpt: not a covidnetx training checkpoint" in capsys.readouterr().err
+    assert "plain.ckpt: not a covidnetx checkpoint" in capsys.readouterr().err
 
 
 def test_a_file_name_that_is_not_utf8(tmp_path):

@@ -136,7 +136,7 @@ def test_a_stop_signal_while_shards_are_hashed_ends_the_run_at_once(copy, tmp_pa
     import signal
     import covidnetx.data.hdf5 as H
     import covidnetx.utils as U
-    from covidnetx.train.engine import EXIT_REQUEUE
+    from covidnetx.launch import EXIT_REQUEUE
     from tests.train_helpers import pretrain_args
     calls = []
 

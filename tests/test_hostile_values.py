@@ -139,7 +139,7 @@ def test_a_typo_label_is_warned_about_with_the_nearest_label(tmp_path):
 def test_a_weights_path_that_is_not_a_file_is_named_for_what_it_is(tmp_path):
     import os
     from covidnetx.models.weights import read
-    from covidnetx.record import load_checkpoint
+    from covidnetx.rundir import load_checkpoint
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     for path, kind in ((tmp_path, "is a directory"), (fifo, "is a FIFO (named pipe)"), ("/dev/zero", "is a device"),
@@ -208,7 +208,7 @@ def test_a_failed_pack_leaves_no_empty_folders(tmp_path):
 
 def test_an_impossible_value_in_a_sweep_section_names_the_file_and_section(tmp_path, capsys):
     import yaml
-    from covidnetx.sweep import main as sweep_main
+    from covidnetx.cli import main
     base = {"sources": {"a": {"data": [str(tmp_path)], "domain": "xray"}},
             "target": {"data": [str(tmp_path)], "domain": "xray"}, "models": ["resnet_w8"], "seeds": [0],
             "fractions": [1.0], "out_dir": str(tmp_path / "o")}
@@ -223,7 +223,7 @@ def test_an_impossible_value_in_a_sweep_section_names_the_file_and_section(tmp_p
              "transfer (base + transfer.config): unknown config key 'optim.nosuch'")):
         sw = tmp_path / f"{where}.yaml"
         sw.write_text(yaml.safe_dump({**base, **patch}))
-        assert sweep_main([str(sw), "--dry-run"]) == 2
+        assert main(["sweep", str(sw), "--dry-run"]) == 2
         err = capsys.readouterr().err
         assert err.count("error:") == 1 and f"{sw}: " in err and message in err, err
 
@@ -265,7 +265,7 @@ def test_an_empty_config_path_and_a_pickle_are_one_line_each(tmp_path, capsys):
     p = tmp_path / "evil.pth"
     torch.save({"x": NotWeights()}, p)              # a pickle of an object, not weights
     import warnings
-    from covidnetx.record import load_checkpoint
+    from covidnetx.rundir import load_checkpoint
     with warnings.catch_warnings():
         warnings.simplefilter("error")            # any warning on the way would fail here
         with pytest.raises(UserError, match="is not readable as a weights-only checkpoint"):

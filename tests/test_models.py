@@ -213,12 +213,13 @@ def test_weight_files_that_do_not_fit_or_would_run_code_are_refused(tmp_path):
 
 def test_a_covidnetx_checkpoint_loads_with_or_without_its_head(tmp_path):
     from covidnetx.models import load_weights
-    from covidnetx.record import save_checkpoint
+    from covidnetx.rundir import checkpoint, save_checkpoint
     torch.manual_seed(2)
     src = create_model("resnet_w8", 3)
     torch.nn.init.normal_(src.head.weight)
     path = tmp_path / "last.ckpt"
-    save_checkpoint({"model": src.state_dict(), "step": 5, "class_names": ["a", "b", "c"], "meta": {"seed": 3}}, path)
+    save_checkpoint(checkpoint(model=src.state_dict(), class_names=["a", "b", "c"], config="", meta={"seed": 3},
+                               step=5), path)
     x = torch.randn(2, 1, 32, 32)
     kept = create_model("resnet_w8", 3)
     got = load_weights(kept, str(path), drop_head=False)

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from covidnetx.scaling import table as T
+from covidnetx.scaling import cells as T
 from covidnetx.scaling.report import paired_domain_differences
 
 

@@ -1,7 +1,7 @@
 """Long phases say where they are: rank 0 prints a plain progress line (step / total, loss, img/s, ETA)
 at the log steps, at most every ``progress_s`` seconds, readable in a Slurm output file."""
 from covidnetx.cli import main
-from covidnetx.train.engine import Progress
+from covidnetx.utils import Progress
 from tests.train_helpers import pretrain_args
 
 

@@ -9,8 +9,7 @@ import yaml
 from covidnetx.slurm import render_chain
 from covidnetx.sweep import expand, load_sweep, write_configs
 from covidnetx.utils import UserError
-from covidnetx.record import RunDir
-from covidnetx.results import append_row
+from covidnetx.rundir import RunDir
 from tests.train_helpers import make_row
 from tests.conftest import REPO
 
@@ -132,7 +131,7 @@ def test_juwels_template_requires_account(tmp_path):
 def test_status_reports_each_run_and_exits_1_until_all_are_done(tmp_path, capsys):
     import json
     import time
-    from covidnetx.sweep import main
+    from covidnetx.cli import main
     path = _sweep(tmp_path, transfer={"regimes": ["full"], "config": {"optim": {"steps": 5}}})
     sw = load_sweep(str(path))
     pre, tr = expand(sw)
@@ -141,12 +140,12 @@ def test_status_reports_each_run_and_exits_1_until_all_are_done(tmp_path, capsys
     for name, _ in pre[:3]:
         (runs / name).mkdir(parents=True)
         (runs / name / "config.yaml").write_text("x")
-    RunDir(runs / pre[0][0]).finish(make_row(pre[0][0], collapsed=True))
+    RunDir(runs / pre[0][0]).publish(make_row(pre[0][0], collapsed=True), str(tmp_path / "elsewhere.jsonl"))
     (runs / pre[1][0] / "progress.json").write_text(json.dumps({"step": 4, "total_steps": 10}))
     old = time.time() - 7200
     for f in (runs / pre[1][0]).iterdir():
         os.utime(f, (old, old))
-    assert main([str(path), "--status"]) == 1
+    assert main(["sweep", str(path), "--status"]) == 1
     out = capsys.readouterr().out
     assert f"pretrain: {len(pre)} runs: 1 done, 1 checkpointed, 1 started, {len(pre) - 3} not started" in out
     assert f"checkpointed {pre[1][0]}: step 4 of 10, last write 2.0 h ago" in out
@@ -156,13 +155,12 @@ def test_status_reports_each_run_and_exits_1_until_all_are_done(tmp_path, capsys
     assert not (Path(sw.out_dir) / "configs").exists()          # a query writes nothing
     for name in [n for n, _ in pre] + [s for *_, subs in tr for s in subs]:
         (runs / name).mkdir(parents=True, exist_ok=True)
-        RunDir(runs / name).finish(make_row(name))
-        append_row(Path(sw.out_dir) / "results.jsonl", make_row(name))
-    assert main([str(path), "--status"]) == 0
+        RunDir(runs / name).publish(make_row(name), str(Path(sw.out_dir) / "results.jsonl"))
+    assert main(["sweep", str(path), "--status"]) == 0
     n = len(pre) + len(tr)
     assert f"{n} of {n} runs done; {Path(sw.out_dir) / 'results.jsonl'}: {n} result row(s), {n} final" in capsys.readouterr().out
     (runs / pre[0][0] / "done.json").write_text("{}")             # a damaged record is named, not counted
-    assert main([str(path), "--status"]) == 2
+    assert main(["sweep", str(path), "--status"]) == 2
     assert f"{runs / pre[0][0] / 'done.json'}: result row lacks run_id" in capsys.readouterr().err
 
 
@@ -219,11 +217,20 @@ def test_a_non_editable_install_renders_a_slurm_sweep(tmp_path):
     configs: `covidnetx sweep --executor slurm` renders a chain from another directory, sourcing the
     installed common.sh. (The venv borrows this environment's third-party packages through a .pth file;
     covidnetx itself comes from the wheel alone.)"""
+    import shutil
     import site
     import sys
     wheels, venv, elsewhere = tmp_path / "wheels", tmp_path / "venv", tmp_path / "elsewhere"
+    # the checkout's own files only: a build/ folder left by an earlier build would ship renamed modules
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                             check=True, capture_output=True, text=True).stdout.split()
+    src = tmp_path / "src"
+    for name in tracked:
+        if (REPO / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(wheels), str(REPO)], check=True, capture_output=True)
+                    str(wheels), str(src)], check=True, capture_output=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     vpy = venv / "bin" / "python"
     subprocess.run([str(vpy), "-m", "pip", "install", "-q", "--no-deps", "--no-index",

@@ -174,7 +174,7 @@ def test_signal_between_runs_exits_75_before_the_next_run_and_resume_finishes(pa
     training (start-up, evaluation, between runs): the handlers are held for the whole invocation, so the
     process is not killed by the signal; it exits 75 before the next run, and the rerun skips what is done."""
     from covidnetx import config as C
-    from covidnetx.train import tasks
+    from covidnetx.train import runner as tasks
     out = tmp_path / "runs"
     cfgs = [C.load_config(None, ["task=pretrain", *pretrain_args(packed / "nat", out, steps=3, name=n,
                                                                    extra=["backend=none", "data.eval_split="])[1:]])
@@ -242,7 +242,7 @@ def test_multilabel_pretrain_masks_uncertain_labels(tmp_path):
 def test_default_threads_follow_the_launchers_binding(monkeypatch):
     """threads=0: a bound rank (srun --cpus-per-task=8 on a 128-core node) uses its 8 CPUs; an unbound
     one (mpirun --bind-to none) splits the machine among the ranks of its node."""
-    from covidnetx.train.tasks import default_threads
+    from covidnetx.dist import default_threads
     monkeypatch.setattr("os.cpu_count", lambda: 128)
     for v in ("OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE",
               "SLURM_NTASKS", "HOROVOD_SIZE", "WORLD_SIZE"):

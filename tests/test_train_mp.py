@@ -36,13 +36,17 @@ KEY_FIELDS = ("run_id", "task", "model", "params", "source", "source_fraction", 
 
 
 def _check_row(row, world=2):
+    probe = "probe_c" in row                   # a linear probe takes no SGD steps: no global batch
     for k in KEY_FIELDS:
         assert k in row, k
-        if k not in ("shots", "source_fraction"):
+        if k not in ("shots", "source_fraction") and not (probe and k == "global_batch"):
             assert row[k] is not None, k
     assert row["world_size"] == world
-    if "probe_c" not in row:                  # trained by the engine (a probe has no optimizer steps)
+    if probe:
+        assert row["steps"] == 0 and row["global_batch"] is None and row["probe_iterations"] > 0
+    else:                                      # trained by the engine
         assert row["ranks_in_sync"] is True and row["global_batch"] == 16 * world
+        assert row["steps"] > 0 and row["probe_iterations"] is None
 
 
 def test_pretrain_and_three_transfer_regimes_under_mpirun(packed, tmp_path):

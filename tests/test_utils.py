@@ -32,11 +32,3 @@ def test_check_stop_raises_only_while_a_stop_check_says_so():
         U.set_stop_check(lambda: False)
 
 
-def test_git_is_asked_for_the_commit_once_per_process(monkeypatch):
-    from covidnetx.train import engine
-    engine.git_sha.cache_clear()
-    calls = []
-    real = subprocess.run
-    monkeypatch.setattr(engine.subprocess, "run", lambda *a, **k: calls.append(a) or real(*a, **k))
-    shas = {engine.git_sha() for _ in range(5)}
-    assert len(shas) == 1 and len(calls) == 1

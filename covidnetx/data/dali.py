@@ -67,14 +67,14 @@ class DaliBatchSource:
 def dali_start_method() -> str:
     """How DALI starts its Python workers: fork is quickest, but DALI refuses to fork once the CUDA driver
     is initialised in the process (by torch moving the model, or by an earlier GPU pipeline), so spawn then."""
-    from nvidia.dali import backend
+    from nvidia.dali import backend  # lazy: optional, DALI
     return "spawn" if backend.IsDriverInitialized() else "fork"
 
 
 def _dali_pipeline(source: DaliBatchSource, *, encoded: bool, channels_stored: int, pp: Preprocess,
                    batch: int, workers: int, device: str, device_id, seed: int, threads: int,
                    start_method: str = "fork"):
-    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import fn, pipeline_def, types  # lazy: optional, DALI
 
     gpu = device == "gpu"
 
@@ -110,9 +110,9 @@ def _dali_pipeline(source: DaliBatchSource, *, encoded: bool, channels_stored: i
 
 
 def _to_torch(tl, device: torch.device) -> torch.Tensor:
-    from nvidia.dali.tensors import TensorListGPU
+    from nvidia.dali.tensors import TensorListGPU  # lazy: optional, DALI
     if isinstance(tl, TensorListGPU):
-        from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+        from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type  # lazy: optional, DALI
         t = tl.as_tensor()
         out = torch.empty(t.shape(), dtype=to_torch_type[t.dtype], device=device)
         feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(device))
@@ -124,7 +124,7 @@ def dali_loader(view, pp: Preprocess, batch: int, seed: int, rank: int, size: in
                 train: bool = True, start_step: int = 0, steps: Optional[int] = None, device: str = "cpu",
                 torch_device: Optional[torch.device] = None, start_method: Optional[str] = None) -> Iterator[dict]:
     try:
-        import nvidia.dali  # noqa: F401
+        import nvidia.dali  # lazy: optional, DALI
     except ImportError as e:
         raise UserError(f"data.loader=dali needs nvidia-dali ({e}); use data.loader=torch") from None
     parts = view.parts if hasattr(view, "parts") else [view]
@@ -147,7 +147,7 @@ def dali_loader(view, pp: Preprocess, batch: int, seed: int, rank: int, size: in
                           threads=torch.get_num_threads(), start_method=method)
     with children_ignore_sigusr1():
         if workers and method != "fork":
-            from multiprocessing import resource_tracker
+            from multiprocessing import resource_tracker  # lazy: only when DALI starts its workers
             resource_tracker.ensure_running()      # started here, it inherits the mask (else DALI starts it)
         pipe.build()
     tdev = torch_device or torch.device("cpu")

@@ -32,12 +32,14 @@ import bisect
 import io
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import h5py
 import numpy as np
+from PIL import Image
 
 from covidnetx.utils import (UserError, atomic_write_bytes, atomic_write_json, read_json, read_text, require_file,
                              sha256_file)
@@ -68,7 +70,6 @@ def encode_image(arr: np.ndarray, encoding: str, jpeg_quality: int = 95, png_lev
     """HWC uint8 array -> what the ``image`` dataset stores for one sample."""
     if encoding == "raw":
         return arr
-    from PIL import Image
 
     img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
     buf = io.BytesIO()
@@ -85,7 +86,6 @@ def decode_image(data: np.ndarray, encoding: str, channels: int) -> np.ndarray:
     """Stored sample -> HWC uint8 array."""
     if encoding == "raw":
         return np.asarray(data)
-    from PIL import Image
 
     with Image.open(io.BytesIO(np.asarray(data, dtype=np.uint8).tobytes())) as img:
         img = img.convert("L" if channels == 1 else "RGB")
@@ -274,6 +274,11 @@ def check_shard(root: str | os.PathLike, entry: dict, label_kind: str, class_nam
 def index_path(root: str | os.PathLike) -> Path:
     """Where a packed dataset's index is (it exists exactly when the dataset is complete)."""
     return Path(root) / INDEX_NAME
+
+
+def is_packed(root: str | os.PathLike) -> bool:
+    """Whether ``root`` holds a complete packed dataset (its index is written last)."""
+    return index_path(root).is_file()
 
 
 def load_index(root: str | os.PathLike) -> dict:
@@ -546,7 +551,6 @@ class PackedDataset:
 
     def _unreadable(self, i: int, e: Exception) -> UserError:
         """The error for a sample that cannot be read or decoded: its shard file and place in it."""
-        import re
         k, j = self.locate(i)
         why = re.sub(r" <[^>]*>", "", str(e))          # PIL names its in-memory file object
         return UserError(f"{self.root / self.shards[k]['file']}: sample {j} of shard {k} (index {i} of "

@@ -72,7 +72,7 @@ def _cv2():
         mod = None
         if os.environ.get("COVIDNETX_NO_CV2", "") in ("", "0"):
             try:
-                import cv2 as mod
+                import cv2 as mod  # lazy: optional, OpenCV
                 mod.setNumThreads(1)
             except ImportError:
                 mod = None

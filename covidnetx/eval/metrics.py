@@ -34,7 +34,7 @@ def from_confusion(cm: np.ndarray, names) -> dict:
 
 def roc_auc(y: np.ndarray, s: np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney U with average ranks for ties)."""
-    from scipy.stats import rankdata
+    from scipy.stats import rankdata  # lazy: heavy, scipy (0.5 s to import)
     y = np.asarray(y).astype(bool)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:

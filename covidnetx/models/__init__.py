@@ -72,8 +72,7 @@ class TransferModel(nn.Module):
 def create_model(name: str, num_classes: int) -> TransferModel:
     """A registered model, or any timm architecture as ``timm:NAME``."""
     if name.startswith("timm:"):
-        from covidnetx.models.timm_models import timm_backbone
-        backbone, dim = timm_backbone(name[len("timm:"):])
+        backbone, dim = _timm.timm_backbone(name[len("timm:"):])     # registered below (timm itself is lazy)
     elif name not in _REGISTRY:
         raise UserError(f"unknown model {name!r}; registered: {', '.join(list_models())}, or timm:NAME for "
                         "any timm architecture")
@@ -135,5 +134,5 @@ def load_state(model, state, path, strict: bool = True):
 
 
 from covidnetx.models import resnet as _resnet  # noqa: E402,F401  (registers models)
-from covidnetx.models import timm_models as _timm  # noqa: E402,F401
+from covidnetx.models import timm_models as _timm  # noqa: E402
 from covidnetx.models.weights import load_weights  # noqa: E402,F401

@@ -27,7 +27,7 @@ ALIASES = {"bit_r50x1": "resnetv2_50x1_bit", "bit_r50x3": "resnetv2_50x3_bit", "
 
 @functools.lru_cache(maxsize=None)
 def _gray_std_conv():
-    from timm.layers import StdConv2d
+    from timm.layers import StdConv2d  # lazy: heavy, timm, only for timm models
 
     class GrayStdConv2d(StdConv2d):
         """timm's weight-standardised convolution (BiT's stem) taking gray input directly: standardise, then
@@ -45,7 +45,7 @@ def _gray_std_conv():
 
 def timm_backbone(name: str) -> tuple:
     """(headless timm model, feature width) for a timm architecture name."""
-    import timm
+    import timm  # lazy: heavy, timm, only for timm models
     if name not in timm.list_models():
         near = timm.list_models(f"*{name.split('_')[0]}*")[:8]
         raise UserError(f"unknown timm model {name!r}" + (f"; similar: {', '.join(near)}" if near else "")
@@ -58,7 +58,7 @@ def timm_backbone(name: str) -> tuple:
     if type(stem) is nn.Conv2d and stem.in_channels == 3:
         m.conv1 = GrayConv2d.like(stem)        # same parameters and keys; gray input without the 3x repeat
     conv = getattr(getattr(m, "stem", None), "conv", None)
-    from timm.layers import StdConv2d
+    from timm.layers import StdConv2d  # lazy: heavy, timm, only for timm models
     if type(conv) is StdConv2d and conv.in_channels == 3:
         conv.__class__ = _gray_std_conv()      # the same module (parameters, keys), a gray-aware forward
     return m, m.num_features

@@ -20,6 +20,8 @@ import re
 import numpy as np
 import torch
 
+from covidnetx.models.timm_models import classifier_keys
+from covidnetx.rundir import is_checkpoint, load_checkpoint
 from covidnetx.utils import UserError, require_file
 
 
@@ -63,7 +65,7 @@ def _read_npz(path: str) -> dict:
 
 
 def _read_safetensors(path: str) -> dict:
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # lazy: optional, .safetensors files only
     try:
         return load_file(path)
     except Exception as e:  # noqa: BLE001
@@ -72,7 +74,6 @@ def _read_safetensors(path: str) -> dict:
 
 def read(path: str) -> tuple:
     """(format, {name: tensor} as stored, covidnetx metadata) of a weight file."""
-    from covidnetx.record import CHECKPOINT_KEYS, load_checkpoint
     require_file(path, "weights file")
     low = path.lower()
     if low.endswith(".npz"):
@@ -80,7 +81,7 @@ def read(path: str) -> tuple:
     if low.endswith(".safetensors"):
         return "safetensors", _read_safetensors(path), {}
     ck = load_checkpoint(path, "weights file")
-    if isinstance(ck, dict) and all(k in ck for k in CHECKPOINT_KEYS) and isinstance(ck["model"], dict):
+    if is_checkpoint(ck):
         return "covidnetx checkpoint", ck["model"], dict(ck.get("meta") or {})
     if isinstance(ck, dict) and isinstance(ck.get("state_dict"), dict):       # a timm/Lightning training checkpoint
         ck = ck["state_dict"]
@@ -92,7 +93,6 @@ def read(path: str) -> tuple:
 
 def load_file(path: str, model) -> WeightFile:
     """The file's tensors under the transfer model's keys."""
-    from covidnetx.models.timm_models import classifier_keys
     fmt, stored, meta = read(path)
     tensors, names, unused = {}, {}, []
     if fmt == "BiT npz":

@@ -2,7 +2,7 @@
 
 The laws and their robust fitting live in covidnetx.scaling.laws; this module holds the rules. Every
 point is one independent unit (a run, or the mean of the runs that share one pre-trained checkpoint:
-covidnetx.scaling.fitcmd averages those first). One fit goes through these steps, each a function here:
+covidnetx.scaling.groups averages those first). One fit goes through these steps, each a function here:
 
 1. **Identification** (``identified``): at least ``MIN_X`` = 5 distinct x values spanning at least
    ``MIN_DECADES`` = 1 decade (per axis for the joint law); otherwise ``refused``, never a swap of law.
@@ -256,7 +256,7 @@ def floor_test(ssr_free: float, ssr_zero: float, n: int, k_free: int) -> float:
     """p-value of c > 0 against c = 0 (on the bound): F = (SSR_0 - SSR) / (SSR / (n - k)), and since the
     null value is on the boundary the statistic's null law is the 50:50 mixture of 0 and F(1, n - k):
     p = F(1, n - k).sf(F) / 2 for F > 0, else 1."""
-    from scipy.stats import f as fdist
+    from scipy.stats import f as fdist  # lazy: heavy, scipy (0.5 s to import)
     dof = n - k_free
     if dof < 1 or not np.isfinite(ssr_free) or ssr_free <= 0:
         return float("nan")
@@ -270,7 +270,7 @@ def profile_interval(L: Law, ly: np.ndarray, th, ssr: float, index: int, dof: in
     SSR <= SSR_min (1 + F(1, dof; 0.95) / dof). It needs no symmetry, re-optimises the floor at every
     exponent (so the floor's uncertainty is inside it) and stops at the parameter's bounds. Returns
     (lo, hi, reaches the lower bound, reaches the upper bound)."""
-    from scipy.stats import f as fdist
+    from scipy.stats import f as fdist  # lazy: heavy, scipy (0.5 s to import)
     if dof < 1 or not ssr > 0:
         return float(L.lo[index]), float(L.hi[index]), True, True
     crit = ssr * (1 + fdist.ppf(0.95, 1, dof) / dof)
@@ -303,7 +303,7 @@ def profile_interval(L: Law, ly: np.ndarray, th, ssr: float, index: int, dof: in
 def lack_of_fit(ly: np.ndarray, cell: np.ndarray, n_cells: int, ssr: float, k_free: int) -> dict:
     """The lack-of-fit F test of the law's least-squares residual sum of squares against the pure error
     between units at the same x: {'F', 'df1', 'df2', 'p'}, or {'untested': why}."""
-    from scipy.stats import f as fdist
+    from scipy.stats import f as fdist  # lazy: heavy, scipy (0.5 s to import)
     n = len(ly)
     df1, df2 = n_cells - k_free, n - n_cells
     if df2 < 1:

@@ -12,6 +12,8 @@ once. Bounds: exponents in [0, EXP_MAX]; floors in [0, largest error] (or held a
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 EXP_MAX = 5.0             # upper bound of the exponents
@@ -54,7 +56,6 @@ class Law:
 
     def held(self, index: int, value: float) -> "Law":
         """A copy of this law with parameter ``index`` held at ``value`` (its bounds closed on it)."""
-        import copy
         out = copy.copy(self)
         out.lo, out.hi = self.lo.copy(), self.hi.copy()
         out.lo[index] = out.hi[index] = value

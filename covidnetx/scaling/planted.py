@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from covidnetx.scaling.laws import EXP_MAX
+
 SIZES = np.logspace(4, 6, 6)          # 6 sizes over 2 decades
 
 
@@ -27,7 +29,6 @@ def broken(X, b0: float = 0.5, b1: float = 0.1, xb: float = 3e5, sharp: float = 
 def covers(fit, p: str, truth: float) -> bool:
     """Does the reported interval hold the truth: the two-sided CI, a one-sided bound, or, where the floor
     sat at 0, the exponent's range over the floors the data allow."""
-    from covidnetx.scaling.laws import EXP_MAX
     if fit.floor == "zero" and p in fit.free_range:
         lo, hi = fit.free_range[p]
     elif p in fit.onesided:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 def plt():
     """matplotlib.pyplot on the Agg backend (batch jobs have no display)."""
-    import matplotlib
+    import matplotlib  # lazy: heavy, matplotlib, only when plotting
     matplotlib.use("Agg")
-    import matplotlib.pyplot as pyplot
+    import matplotlib.pyplot as pyplot  # lazy: heavy, matplotlib, only when plotting
     return pyplot
 
 

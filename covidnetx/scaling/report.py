@@ -2,8 +2,8 @@
 
 It leads with the headline comparisons and their 95% CIs (the paired intra- minus inter-domain
 difference per regime over independent checkpoints; the exponent per scaling axis with its status and
-backtest, or why there is none), then gives every cell under the n-rules of covidnetx.scaling.table
-(n counts independent units), the fits per axis (covidnetx.scaling.fitcmd), few-shot curves, and
+backtest, or why there is none), then gives every cell under the n-rules of covidnetx.scaling.cells
+(n counts independent units), the fits per axis (covidnetx.scaling.groups), few-shot curves, and
 whether the alignment and transferability measures predict transfer (Kendall's tau over the distinct
 values of each measure, exact permutation p-values).
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
@@ -21,9 +22,8 @@ from typing import Optional
 import numpy as np
 
 from covidnetx.results import result_pairs
-from covidnetx.scaling import table as T
-from covidnetx.scaling.fitcmd import (backtest_text, describe, exponent_text, fit_table, plot_fits,
-                                      write_fits)
+from covidnetx.scaling import cells as T
+from covidnetx.scaling.groups import backtest_text, describe, exponent_text, fit_table, plot_fits, write_fits
 from covidnetx.scaling.plots import plt, save
 from covidnetx.scaling.stats import ALPHA, detectable_difference, kendall_exact, t_interval
 from covidnetx.utils import UserError, atomic_write_bytes
@@ -55,7 +55,6 @@ def _size(r) -> str:
 
 
 def _model_order(name: str):
-    import re
     m = re.search(r"(\d+)", name)
     return (re.sub(r"\d+", "", name), int(m.group(1)) if m else 0)
 
@@ -520,8 +519,3 @@ def run(args) -> int:
     path = write_report(args.results, out, args.metric, args.bootstrap, drop_invalid=args.drop_invalid)
     print(f"report: {path}")
     return 0
-
-
-def main(argv=None) -> int:
-    from covidnetx.utils import run_main
-    return run_main("covidnetx report", build_parser, run, argv)

@@ -14,7 +14,7 @@ MC_PERMUTATIONS = 19999
 
 def t975(dof: int) -> float:
     """The 97.5% quantile of Student's t with ``dof`` degrees of freedom (two-sided 95% intervals)."""
-    from scipy.stats import t
+    from scipy.stats import t  # lazy: heavy, scipy (0.5 s to import)
     return float(t.ppf(0.975, max(int(dof), 1)))
 
 
@@ -71,8 +71,8 @@ def paired_t_power(delta: float, sd: float, n: int, alpha: float = ALPHA) -> flo
     """Power of the two-sided one-sample t test at level ``alpha`` over ``n`` units when the true mean is
     ``delta`` and the units' sd is ``sd``: P(|Z + d| > c sqrt(V / dof)), d = delta sqrt(n) / sd, V ~ chi2(dof),
     integrated over V (stable where the noncentral t's own routines are not, e.g. dof = 1)."""
-    from scipy.integrate import quad
-    from scipy.stats import chi2, norm, t
+    from scipy.integrate import quad  # lazy: heavy, scipy (0.5 s to import)
+    from scipy.stats import chi2, norm, t  # lazy: heavy, scipy (0.5 s to import)
     dof = n - 1
     c = t.ppf(1 - alpha / 2, dof)
     d = delta * math.sqrt(n) / sd
@@ -87,7 +87,7 @@ def detectable_difference(sd: float, n: int, power: float = 0.8, alpha: float = 
     """The smallest true mean difference a two-sided one-sample (paired) t test at level ``alpha`` over
     ``n`` independent units with standard deviation ``sd`` detects with probability ``power``; nan for
     n < 2 or no sd."""
-    from scipy.optimize import brentq
+    from scipy.optimize import brentq  # lazy: heavy, scipy (0.5 s to import)
     if n < 2 or not (sd > 0) or not math.isfinite(sd):
         return float("nan")
     hi = sd

@@ -7,18 +7,13 @@ the optimizer is wrapped in DistributedOptimizer, which keeps that state. Only r
 (TensorBoard, checkpoints, results); all ranks meet after checkpoints and evaluations.
 
 Resume order: this run's own directory (last.ckpt) -> an explicit ``resume`` checkpoint -> ``init_from``
-(weights only, head dropped) -> scratch. On SIGUSR1/SIGTERM (see StopSignals) the ranks agree one step
+(weights only, head dropped) -> scratch. On SIGUSR1/SIGTERM (see launch.StopSignals) the ranks agree one step
 later through a sum of stop flags that overlaps the step, rank 0 saves, and the process exits with
 EXIT_REQUEUE so the job script can requeue.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
-import math
 import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -29,63 +24,14 @@ from torch import nn
 from covidnetx import config as C
 from covidnetx.data.loader import make_loader
 from covidnetx.data.transforms import Preprocess, normalize
-from covidnetx.dist import to_device
-from covidnetx.eval.metrics import all_metrics, bootstrap_ci, confusion, from_confusion
+from covidnetx.dist import autocast, to_device
+from covidnetx.eval.evaluator import evaluate_model, ranks_in_sync
+from covidnetx.eval.rows import result_row
+from covidnetx.launch import STOP, Interrupted
 from covidnetx.models import count_params, create_model, flops_per_sample, load_state, load_weights
-from covidnetx.results import ResultRow, append_row
-from covidnetx.record import RunDir
+from covidnetx.rundir import RunDir, checkpoint, results_path
 from covidnetx.train.schedule import resolve_run
-from covidnetx.utils import UserError, set_stop_check
-
-EXIT_REQUEUE = 75           # EX_TEMPFAIL: "saved, run me again"
-
-
-class Interrupted(Exception):
-    """Raised after the checkpoint of a signalled run is safely on disk (args: step, or None when the
-    signal came between runs and nothing needed saving)."""
-
-
-class StopSignals:
-    """SIGUSR1 and SIGTERM (Slurm's warning before the time limit, scancel, a requeue) set a flag instead
-    of killing the process; training acts on it at the next step, the run loop between runs. Installed
-    for a whole launcher invocation (``with STOP:``; re-entrant), so a signal during start-up, evaluation
-    or between the runs of a sweep stage still ends in a checkpoint and exit EXIT_REQUEUE."""
-
-    def __init__(self):
-        self.requested = False
-        self._depth = 0
-        self._old: dict = {}
-
-    def _handler(self, signum, frame):
-        self.requested = True
-
-    def __enter__(self):
-        if self._depth == 0:
-            self.requested = False
-            self._old = {s: signal.signal(s, self._handler) for s in (signal.SIGUSR1, signal.SIGTERM)}
-            set_stop_check(lambda: self.requested)       # long start-up loops (checksums) look too
-        self._depth += 1
-        return self
-
-    def __exit__(self, *exc):
-        self._depth -= 1
-        if self._depth == 0:
-            for s, h in self._old.items():
-                signal.signal(s, h)
-            set_stop_check(lambda: False)
-
-
-STOP = StopSignals()
-
-
-@functools.lru_cache(maxsize=None)
-def git_sha() -> str:
-    """The checkout's commit, asked of git once per process (every result row carries it)."""
-    try:
-        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or "unknown"
-    except Exception:
-        return "unknown"
+from covidnetx.utils import Progress, UserError
 
 
 def masked_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -106,64 +52,6 @@ def balanced_class_weights(labels, class_names) -> torch.Tensor:
     return torch.tensor(counts.sum() / (n_classes * counts), dtype=torch.float32)
 
 
-def autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def evaluate_model(model: nn.Module, view, cfg: C.Config, dist, pp: Preprocess) -> dict:
-    """Exact evaluation of ``model`` on ``view`` under any number of ranks: rank 0's buffers everywhere
-    (BatchNorm statistics), each rank a padded block, confusion counts over un-padded samples summed over
-    ranks, scores gathered for AUC/AP and bootstrap CIs on rank 0; the metrics dict on every rank."""
-    device = dist.device
-    multilabel = view.label_kind == "multilabel"
-    class_names = list(view.class_names)
-    k = len(class_names)
-    dist.broadcast_buffers(model)
-    model.eval()
-    loader = make_loader(cfg.data.loader, view, pp, cfg.optim.batch_size, cfg.seed, dist.rank, dist.size,
-                         workers=cfg.data.workers, train=False, device=cfg.data.device, torch_device=device)
-    scores, labels, keeps = [], [], []
-    per_rank = -(-len(view) // dist.size)
-    n_batches = -(-per_rank // cfg.optim.batch_size)
-    progress = Progress(f"evaluate {cfg.data.eval_split or 'split'}", n_batches, cfg.optim.batch_size * dist.size,
-                        cfg.progress_s, unit="batch") if dist.is_primary else None
-    with torch.no_grad():
-        for i, b in enumerate(loader, 1):
-            if progress is not None:
-                progress.step(i)
-            with autocast(cfg.precision, device):
-                logits = model(normalize(b["image"], pp, device))
-            p = torch.sigmoid(logits.float()) if multilabel else torch.softmax(logits.float(), 1)
-            # scores stay on the device until the loop ends: one copy back instead of a host-device
-            # synchronisation per batch; the padding is dropped on the host afterwards
-            scores.append(p)
-            keeps.append(b["valid"].bool().numpy())
-            labels.append(b["label"].numpy()[keeps[-1]])
-    if scores:
-        scores = torch.cat(scores).cpu().numpy()[np.concatenate(keeps)]
-    else:
-        scores = np.zeros((0, k), np.float32)
-    labels = np.concatenate(labels) if labels else np.zeros((0,) if not multilabel else (0, k))
-    out = {}
-    if not multilabel:
-        # exact: confusion counts over un-padded samples, summed over ranks
-        cm = dist.allreduce_sum(confusion(labels, scores.argmax(1) if len(scores) else np.zeros(0), k))
-        out.update(from_confusion(cm.astype(np.int64), class_names))
-    all_scores = dist.allgather(scores.astype(np.float32))
-    all_labels = dist.allgather(labels.astype(np.float32 if multilabel else np.int64))
-    if dist.is_primary:
-        m = all_metrics(all_labels, all_scores, class_names, multilabel)
-        m.update(out)          # the exact, all-reduced counts win (they must agree)
-        m.update(bootstrap_ci(all_labels, all_scores, class_names, multilabel, cfg.bootstrap, cfg.seed))
-        out = m
-    out = dist.broadcast_object(out)
-    if out.get("n") != len(view):
-        raise RuntimeError(f"evaluation counted {out.get('n')} samples, the split has {len(view)}")
-    return out
-
-
 def mixup_batch(x: torch.Tensor, alpha: float, key: list) -> tuple:
     """MixUp (Zhang et al.; BiT-HyperRule uses alpha 0.1 from 20k examples on): x' = lam x + (1 - lam)
     x[perm], lam ~ Beta(alpha, alpha). Drawn from a generator keyed by ``key`` (seed, step, micro-batch,
@@ -173,35 +61,6 @@ def mixup_batch(x: torch.Tensor, alpha: float, key: list) -> tuple:
     lam = float(rng.beta(alpha, alpha))
     perm = to_device(torch.as_tensor(rng.permutation(x.shape[0])), x.device)
     return x.mul(lam).add_(x[perm], alpha=1.0 - lam), perm, lam
-
-
-def result_row(cfg: C.Config, dist, meta: dict, metrics: dict, *, params: int, trainable_params: int,
-               train_size: int, steps: int, total_steps: int, samples_seen: int, global_batch: int, flops: float,
-               flops_fwd: int, img_per_s: float, mixup: float, final: bool) -> ResultRow:
-    """One row of the results table (the engine's and the linear probe's): what ran, on what, and how it
-    scored; the metrics dict is merged in last."""
-    im = meta.get("init_meta") or {}
-    measures = meta.get("measures") or {}
-    fields = dict(
-        run_id=cfg.run_name, task=cfg.task, model=cfg.model.name, params=params,
-        trainable_params=trainable_params, source=meta.get("source"),
-        source_fraction=meta.get("source_fraction"), target=meta.get("target"),
-        regime=cfg.regime if cfg.task == "transfer" else "pretrain", shots=meta.get("shots"),
-        seed=cfg.seed, pretrain_seed=im.get("seed"), world_size=dist.size, global_batch=global_batch,
-        steps=steps, total_steps=total_steps, samples_seen=samples_seen, train_size=train_size,
-        epochs=samples_seen / train_size if train_size else None,
-        flops=float(flops), flops_per_sample_fwd=flops_fwd,
-        pretrain_flops=im.get("flops"), pretrain_steps=im.get("steps"),
-        pretrain_train_size=im.get("train_size"), pretrain_epochs=im.get("epochs"),
-        source_domain=meta.get("source_domain"), target_domain=cfg.target_domain or None,
-        domain_pair=meta.get("domain_pair"), img_per_s=float(img_per_s), precision=cfg.precision,
-        mixup=float(mixup), loader=cfg.data.loader, backend=dist.backend, eval_split=cfg.data.eval_split,
-        git_sha=git_sha(), config_hash=C.config_hash(cfg), final=final, time=time.time(),
-        align_ref=measures.get("align_ref"), align_norm=measures.get("align_norm"), logme=measures.get("logme"))
-    for k in ("n", "n_classes", "accuracy", "balanced_accuracy", "auc", "ap"):
-        fields[k] = metrics.get(k)
-    fields.update({k: v for k, v in metrics.items() if k not in fields and k != "schema"})
-    return ResultRow.build(**fields)
 
 
 class Trainer:
@@ -291,10 +150,10 @@ class Trainer:
     def save(self, step: int, samples_seen: int) -> None:
         with self.dist.phase():                 # a failed write (disk full) ends every rank with its message
             if self.dist.is_primary:
-                state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "step": step,
-                         "samples_seen": samples_seen, "class_names": self.class_names, "config": C.dump(self.cfg),
-                         "scaler": self.scaler.state_dict() if self.scaler else None,
-                         "meta": checkpoint_meta(self, step, samples_seen)}
+                state = checkpoint(model=self.model.state_dict(), class_names=self.class_names,
+                                   config=C.dump(self.cfg), meta=checkpoint_meta(self, step, samples_seen), step=step,
+                                   samples_seen=samples_seen, optimizer=self.opt.state_dict(),
+                                   scaler=self.scaler.state_dict() if self.scaler else None)
                 self.record.save(state, step=step, total_steps=self.steps, samples_seen=samples_seen)
 
     # ------------------------------------------------------------------------------------------------
@@ -324,7 +183,7 @@ class Trainer:
         writer = None
         with dist.phase():
             if dist.is_primary:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # lazy: heavy, TensorBoard's writer, rank 0 only
                 writer = SummaryWriter(str(self.record.tb), purge_step=self.start_step or None)
         if dist.is_primary:
             print(f"[{self.run_dir.name}] {self.how}; {len(self.train_view)} train samples, {self.steps} steps, "
@@ -440,8 +299,7 @@ class Trainer:
         metrics["ranks_in_sync"] = ranks_in_sync(self.model, dist)
         with dist.phase():
             if dist.is_primary:
-                row = self._log_eval(writer, metrics, step, samples, img_per_s, final=True)
-                self.record.finish(row)
+                self._log_eval(writer, metrics, step, samples, img_per_s, final=True)    # the row, then done.json
                 print(f"[{self.run_dir.name}] done at step {step}: " + ", ".join(
                     f"{k} {metrics[k]:.4f}" for k in ("accuracy", "balanced_accuracy", "auc")
                     if isinstance(metrics.get(k), float)) + f"; {img_per_s:.1f} img/s", flush=True)
@@ -456,31 +314,8 @@ class Trainer:
                          train_size=len(self.train_view), steps=step, total_steps=self.steps, samples_seen=samples,
                          global_batch=self.global_batch, flops=3 * self.flops_fwd * samples,
                          flops_fwd=self.flops_fwd, img_per_s=img_per_s, mixup=self.mixup, final=final)
-        append_row(self.cfg.results or str(Path(self.cfg.out_dir) / "results.jsonl"), row)
+        self.record.publish(row, results_path(self.cfg))
         return row
-
-
-class Progress:
-    """The console line of a long phase, on rank 0 (the caller's test): step / total, loss, images/s over
-    the run so far and the ETA, at most every ``every_s`` seconds (0: at each call); plain lines (no carriage returns), so a Slurm output file shows a slow job from a hung one."""
-
-    def __init__(self, name: str, total: int, batch: int, every_s: float, start: int = 0, unit: str = "step"):
-        self.name, self.total, self.batch, self.every_s, self.unit = name, total, batch, every_s, unit
-        self.t0 = self.t_last = time.perf_counter()
-        self.start = self.last_step = start
-
-    def line(self, step: int, loss, now: float) -> str:
-        ips = (step - self.start) * self.batch / max(1e-9, now - self.t0)
-        eta = (self.total - step) * self.batch / ips if ips > 0 else float("nan")
-        eta_s = f"{int(eta // 60)}m{int(eta % 60):02d}s" if math.isfinite(eta) else "?"
-        return (f"[{self.name}] {self.unit} {step}/{self.total} ({100 * step / max(1, self.total):.0f}%)"
-                + (f" loss {loss:.4f}," if loss is not None else ",") + f" {ips:,.0f} img/s, ETA {eta_s}")
-
-    def step(self, step: int, loss=None) -> None:
-        now = time.perf_counter()
-        if now - self.t_last >= self.every_s:
-            print(self.line(step, loss, now), flush=True)
-            self.t_last, self.last_step = now, step
 
 
 def checkpoint_meta(t: Trainer, step: int, samples_seen: int) -> dict:
@@ -492,16 +327,6 @@ def checkpoint_meta(t: Trainer, step: int, samples_seen: int) -> dict:
             "flops": 3 * t.flops_fwd * samples_seen, "classes": t.class_names, "train_size": n,
             "source_dirs": list(cfg.data.sources), "source_split": cfg.data.eval_split or cfg.data.train_split,
             "domain": cfg.source_domain, "label_space": cfg.data.label_space, "rename": dict(cfg.data.rename)}
-
-
-def ranks_in_sync(model: nn.Module, dist) -> bool:
-    """True when every rank holds bit-identical parameters and buffers (compares per-rank checksums)."""
-    with torch.no_grad():
-        flat = torch.cat([p.detach().double().reshape(-1).cpu() for p in [*model.parameters(), *model.buffers()]])
-        w = torch.arange(1, flat.numel() + 1, dtype=torch.float64).remainder_(97).add_(1)
-        sums = np.array([[flat.sum().item(), (flat * flat).sum().item(), (flat * w).sum().item()]])
-    allv = dist.allgather(sums)
-    return bool(np.all(allv == allv[0]))
 
 
 class DeviceBatches:

@@ -25,9 +25,11 @@ padded block, as in evaluation) and gathered; rank 0 fits and writes; the head i
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +40,12 @@ from covidnetx.data.compose import Mixture
 from covidnetx.data.hdf5 import PackedDataset, index_path
 from covidnetx.data.loader import make_loader
 from covidnetx.data.transforms import Preprocess, normalize
-from covidnetx.eval.metrics import all_metrics, bootstrap_ci
+from covidnetx.eval.metrics import all_metrics, bootstrap_ci, confusion, from_confusion
+from covidnetx.eval.rows import result_row
 from covidnetx.models import count_params, create_model, flops_per_sample, load_state, load_weights
+from covidnetx.rundir import (PROBE_HEAD, PROBE_TRIALS, RunDir, checkpoint, read_checkpoint, results_path,
+                              save_checkpoint)
+from covidnetx.scaling.alignment import frechet, frechet_normalised, logme
 from covidnetx.utils import UserError, atomic_write_bytes, atomic_write_json, read_yaml, require_file, sha256_file
 
 _SHA: dict = {}
@@ -147,7 +153,6 @@ def cached_features(cfg: C.Config, dist, model_fn, view, ident: str) -> tuple:
     f, y, secs = extract(model_fn(), view, cfg, dist)
     with dist.phase():
         if dist.is_primary:
-            import io
             buf = io.BytesIO()
             np.savez(buf, features=f, labels=y, n=np.int64(len(view)), ident=np.array(ident))
             atomic_write_bytes(path, buf.getvalue())
@@ -161,8 +166,7 @@ def _reference_model(cfg: C.Config, num_classes: int, device):
         return create_model(ref.split(":", 1)[1], num_classes).to(device).eval()
     if not os.path.isfile(ref):
         raise UserError(f"config key 'alignment_reference': {ref!r} is neither random:MODEL nor a checkpoint")
-    from covidnetx.train.evaluate import _load_checkpoint
-    ck = _load_checkpoint(ref)
+    ck = read_checkpoint(ref, "config key 'alignment_reference': checkpoint")
     m = create_model(read_yaml(ck["config"], "the checkpoint's config")["model"]["name"], len(ck["class_names"]))
     load_state(m, ck["model"], ref)
     return m.to(device).eval()
@@ -176,7 +180,6 @@ def _reference_id(cfg: C.Config) -> str:
 def transfer_measures(cfg: C.Config, dist, pool: Mixture, init_meta: dict) -> dict:
     """align_ref, align_norm and logme for (init_from checkpoint, target train split), cached; {} when
     there is no checkpoint or alignment_samples is 0. ``pool`` is the whole target train split."""
-    from covidnetx.scaling.alignment import frechet, frechet_normalised, logme
     if not cfg.model.init_from or cfg.alignment_samples <= 0:
         return {}
     ck = checkpoint_id(cfg)
@@ -221,9 +224,10 @@ def transfer_measures(cfg: C.Config, dist, pool: Mixture, init_meta: dict) -> di
 
 
 def _fit_logreg(x, y, c: float, k: int):
-    from sklearn.linear_model import LogisticRegression
-    import warnings
-    from sklearn.exceptions import ConvergenceWarning
+    """Multinomial logistic regression (L-BFGS to convergence) at inverse L2 strength ``c``: (W (k, d),
+    b (k,), converged, iterations); a class absent from ``y`` gets a bias that is never chosen."""
+    from sklearn.exceptions import ConvergenceWarning  # lazy: heavy, scikit-learn, only when a probe fits
+    from sklearn.linear_model import LogisticRegression  # lazy: heavy, scikit-learn, only when a probe fits
     clf = LogisticRegression(C=c, max_iter=5000, tol=1e-6)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -247,72 +251,124 @@ def _softmax(z):
     return e / e.sum(1, keepdims=True)
 
 
+# ---------------------------------------------------------------------------------------------------
+# The probe as an evaluator: features in, (head, metrics) out; each step a function of arrays.
+
+def standardiser(f: np.ndarray) -> tuple:
+    """(mean, sd) of the features the probe standardises with; a constant feature keeps sd 1."""
+    mu = f.mean(0)
+    sd = f.std(0)
+    return mu, np.where(sd > 1e-8 * max(1.0, float(sd.max(initial=0.0))), sd, 1.0)
+
+
+def select_c(xt, yt, xv, yv, cs, class_names) -> tuple:
+    """Fit the probe at every inverse L2 strength in ``cs`` on (xt, yt) and keep the one with the best
+    balanced accuracy on (xv, yv); ties: lower val log-loss, then the stronger regularisation (smaller C).
+    Returns (best trial, all trials); a trial is {C, val_balanced_accuracy, val_log_loss, converged,
+    iterations, W, b}."""
+    k = len(class_names)
+    trials = []
+    for c in cs:
+        W, b, conv, iters = _fit_logreg(xt, yt, c, k)
+        pv = _softmax(xv @ W.T + b)
+        ba = from_confusion(confusion(yv, pv.argmax(1), k), list(class_names))["balanced_accuracy"]
+        ll = float(-np.mean(np.log(np.maximum(pv[np.arange(len(yv)), yv], 1e-12)))) if len(yv) else float("nan")
+        trials.append({"C": c, "val_balanced_accuracy": ba, "val_log_loss": ll, "converged": conv,
+                       "iterations": iters, "W": W, "b": b})
+    best = sorted(trials, key=lambda t: (-np.nan_to_num(t["val_balanced_accuracy"], nan=-1.0),
+                                         np.nan_to_num(t["val_log_loss"], nan=np.inf), t["C"]))[0]
+    return best, trials
+
+
+def fold_head(W, b, mu, sd) -> tuple:
+    """The head on raw features: logits = W (f - mu) / sd + b = (W / sd) f + (b - W mu / sd)."""
+    Wf = W / sd[None, :]
+    return Wf, b - Wf @ mu
+
+
+def fit_probe(sets: dict, subset, cfg: C.Config, class_names) -> dict:
+    """The whole probe on features ``sets`` = {train, val, test: (features, labels)}: standardise on the
+    train features, choose C on val, fold the standardisation into the head, score test once.
+    ``subset`` (few-shot) picks the training examples. Returns {metrics, W, b, trials}."""
+    names = list(class_names)
+    fp, yp = sets["train"]
+    mu, sd = standardiser(fp)
+    idx = np.arange(len(yp)) if subset is None else np.asarray(subset)
+    best, trials = select_c((fp[idx] - mu) / sd, yp[idx], (sets["val"][0] - mu) / sd, sets["val"][1],
+                            cfg.probe_c, names)
+    Wf, bf = fold_head(best["W"], best["b"], mu, sd)
+    fe, ye = sets["test"]
+    scores = _softmax(fe.astype(np.float64) @ Wf.T + bf)
+    m = all_metrics(ye, scores, names, False)
+    m.update(bootstrap_ci(ye, scores, names, False, cfg.bootstrap, cfg.seed))
+    m.update({"probe_c": best["C"], "probe_val_balanced_accuracy": best["val_balanced_accuracy"],
+              "probe_converged": bool(best["converged"]), "probe_iterations": best["iterations"],
+              "probe_c_at_edge": best["C"] in (min(cfg.probe_c), max(cfg.probe_c)) and len(cfg.probe_c) > 1})
+    return {"metrics": m, "W": Wf.astype(np.float32), "b": bf.astype(np.float32),
+            "trials": [{k: v for k, v in t.items() if k not in ("W", "b")} for t in trials]}
+
+
+def _check_probe_inputs(cfg: C.Config, train: Mixture, ev, val) -> None:
+    if train.label_kind != "multiclass":
+        raise UserError("the linear probe needs a multi-class target (multi-label: regime=full)")
+    if ev is None:
+        raise UserError("config key 'data.eval_split': a probe needs a split to score")
+    if val is None:
+        raise UserError(f"config key 'data.val_split': the linear probe chooses its L2 strength on a val "
+                        f"split other than the scored one; {cfg.data.val_split!r} is missing from "
+                        f"{cfg.data.sources} or is data.eval_split")
+
+
+def _save_probe(record: RunDir, cfg: C.Config, model, result: dict, names: list, ck: str, seconds: float,
+                measures: dict) -> None:
+    """Rank 0: head.npz, probe.json, a linear probe's checkpoint (its head in the network) and the
+    TensorBoard scalars."""
+    m = result["metrics"]
+    buf = io.BytesIO()
+    np.savez(buf, weight=result["W"], bias=result["b"], C=np.float64(m["probe_c"]), classes=np.array(names),
+             checkpoint=np.array(ck))
+    atomic_write_bytes(record / PROBE_HEAD, buf.getvalue())
+    atomic_write_json(record / PROBE_TRIALS, {"trials": result["trials"], "chosen_c": m["probe_c"],
+                                               "seconds": seconds, "measures": measures})
+    if cfg.regime == "linear":
+        with torch.no_grad():
+            model.head.weight.copy_(torch.as_tensor(result["W"]))
+            model.head.bias.copy_(torch.as_tensor(result["b"]))
+        meta = {"model": cfg.model.name, "params": count_params(model), "seed": cfg.seed, "steps": 0,
+                "probe_of": ck, "classes": names}
+        save_checkpoint(checkpoint(model=model.state_dict(), class_names=names, config=C.dump(cfg), meta=meta),
+                        record.ckpt)
+    from torch.utils.tensorboard import SummaryWriter  # lazy: heavy, TensorBoard's writer, rank 0 only
+    with SummaryWriter(str(record.tb)) as w:
+        for i, t in enumerate(result["trials"]):
+            w.add_scalar("probe/val_balanced_accuracy", t["val_balanced_accuracy"], i)
+        for key in ("accuracy", "balanced_accuracy", "auc"):
+            if isinstance(m.get(key), float):
+                w.add_scalar(f"eval/{key}", m[key], 0)
+
+
 def run_probe(cfg: C.Config, dist, train: Mixture, ev: Mixture, val, run_dir: Path, meta: dict, subset) -> dict:
-    """A linear (or few-shot linear) probe run: features -> L2 strength on val -> test once -> row."""
-    from covidnetx.eval.metrics import confusion, from_confusion
-    from covidnetx.results import append_row
-    from covidnetx.record import PROBE_HEAD, PROBE_TRIALS, RunDir, save_checkpoint
-    from covidnetx.train.engine import result_row
-    from covidnetx.train.schedule import resolve_run
+    """A linear (or few-shot linear) probe run: features -> ``fit_probe`` on rank 0 -> the row -> files."""
     record = RunDir(run_dir)
     with dist.phase():
-        if train.label_kind != "multiclass":
-            raise UserError("the linear probe needs a multi-class target (multi-label: regime=full)")
-        if ev is None:
-            raise UserError("config key 'data.eval_split': a probe needs a split to score")
-        if val is None:
-            raise UserError(f"config key 'data.val_split': the linear probe chooses its L2 strength on a val "
-                            f"split other than the scored one; {cfg.data.val_split!r} is missing from "
-                            f"{cfg.data.sources} or is data.eval_split")
-        if dist.is_primary:        # saved as resolved (the probe itself takes no SGD steps)
-            n_fit = len(train) if subset is None else len(subset)
-            record.write_config(C.dump(resolve_run(cfg, n_fit, dist.size)[0]))
-    k = len(train.class_names)
+        _check_probe_inputs(cfg, train, ev, val)
+        if dist.is_primary:        # as given: the probe takes no SGD steps, so there is no schedule to resolve
+            record.write_config(C.dump(cfg))
     names = list(train.class_names)
     ck = checkpoint_id(cfg)
-    model_fn = _once(lambda: init_model(cfg, k, dist.device,
+    model_fn = _once(lambda: init_model(cfg, len(names), dist.device,
                                         say=(lambda m: print(m, flush=True)) if dist.is_primary else None))
     t0 = time.perf_counter()
-    sets = {}
-    secs = 0.0
+    sets, secs = {}, 0.0
     for name, view, split in (("train", train, cfg.data.train_split), ("val", val, cfg.data.val_split),
                               ("test", ev, cfg.data.eval_split)):
         f, y, s = cached_features(cfg, dist, model_fn, view, f"{ck}|{data_id(cfg.data.sources, split, cfg)}")
         sets[name] = (f, y)
         secs += s
-    measures = meta.get("measures") or {}
     result = None
     with dist.phase():
         if dist.is_primary:
-            fp, yp = sets["train"]
-            mu = fp.mean(0)
-            sd = fp.std(0)
-            sd = np.where(sd > 1e-8 * max(1.0, float(sd.max(initial=0.0))), sd, 1.0)
-            idx = np.arange(len(yp)) if subset is None else np.asarray(subset)
-            xt, yt = (fp[idx] - mu) / sd, yp[idx]
-            xv, yv = (sets["val"][0] - mu) / sd, sets["val"][1]
-            trials = []
-            for c in cfg.probe_c:
-                W, b, conv, iters = _fit_logreg(xt, yt, c, k)
-                pv = _softmax(xv @ W.T + b)
-                ba = from_confusion(confusion(yv, pv.argmax(1), k), names)["balanced_accuracy"]
-                ll = float(-np.mean(np.log(np.maximum(pv[np.arange(len(yv)), yv], 1e-12)))) if len(yv) else float("nan")
-                trials.append({"C": c, "val_balanced_accuracy": ba, "val_log_loss": ll, "converged": conv,
-                               "iterations": iters, "W": W, "b": b})
-            best = sorted(trials, key=lambda t: (-np.nan_to_num(t["val_balanced_accuracy"], nan=-1.0),
-                                                 np.nan_to_num(t["val_log_loss"], nan=np.inf), t["C"]))[0]
-            # standardisation folded into the head: logits = W (f - mu) / sd + b = (W / sd) f + (b - W mu / sd)
-            Wf = best["W"] / sd[None, :]
-            bf = best["b"] - Wf @ mu
-            fe, ye = sets["test"]
-            scores = _softmax(fe.astype(np.float64) @ Wf.T + bf)
-            m = all_metrics(ye, scores, names, False)
-            m.update(bootstrap_ci(ye, scores, names, False, cfg.bootstrap, cfg.seed))
-            m.update({"probe_c": best["C"], "probe_val_balanced_accuracy": best["val_balanced_accuracy"],
-                      "probe_converged": bool(best["converged"]), "probe_iterations": best["iterations"],
-                      "probe_c_at_edge": best["C"] in (min(cfg.probe_c), max(cfg.probe_c)) and len(cfg.probe_c) > 1})
-            result = {"metrics": m, "W": Wf.astype(np.float32), "b": bf.astype(np.float32),
-                      "trials": [{k2: v for k2, v in t.items() if k2 not in ("W", "b")} for t in trials]}
+            result = fit_probe(sets, subset, cfg, names)
     result = dist.broadcast_object(result)
     m = result["metrics"]
     if m.get("n") != len(ev):
@@ -320,41 +376,17 @@ def run_probe(cfg: C.Config, dist, train: Mixture, ev: Mixture, val, run_dir: Pa
     model = model_fn()
     n_train = len(train) if subset is None else len(subset)
     flops_fwd = flops_per_sample(model, cfg.data.image_size)
-    n_feat = len(sets["train"][1]) + len(sets["val"][1]) + len(sets["test"][1])
+    n_feat = sum(len(y) for _, y in sets.values())
+    # a probe row: no SGD steps (steps 0, no global batch); its L-BFGS iterations are probe_iterations
     row = result_row(cfg, dist, meta, m, params=count_params(model),
                      trainable_params=int(result["W"].size + result["b"].size), train_size=n_train,
-                     steps=int(m["probe_iterations"]), total_steps=int(m["probe_iterations"]), samples_seen=n_train,
-                     global_batch=n_train, flops=flops_fwd * n_feat if secs else 0.0, flops_fwd=flops_fwd,
+                     steps=0, total_steps=0, samples_seen=n_train, global_batch=None,
+                     flops=flops_fwd * n_feat if secs else 0.0, flops_fwd=flops_fwd,
                      img_per_s=n_feat / secs if secs else 0.0, mixup=0.0, final=True)
     with dist.phase():
         if dist.is_primary:
-            head = {"weight": result["W"], "bias": result["b"], "C": np.float64(m["probe_c"]),
-                    "classes": np.array(names), "checkpoint": np.array(ck)}
-            import io
-            buf = io.BytesIO()
-            np.savez(buf, **head)
-            atomic_write_bytes(record / PROBE_HEAD, buf.getvalue())
-            atomic_write_json(record / PROBE_TRIALS, {"trials": result["trials"], "chosen_c": m["probe_c"],
-                                                       "seconds": time.perf_counter() - t0, "measures": measures})
-            if cfg.regime == "linear":
-                with torch.no_grad():
-                    model.head.weight.copy_(torch.as_tensor(result["W"]))
-                    model.head.bias.copy_(torch.as_tensor(result["b"]))
-                meta_ck = {"model": cfg.model.name, "params": count_params(model), "seed": cfg.seed, "steps": 0,
-                           "probe_of": ck, "classes": names}
-                save_checkpoint({"model": model.state_dict(), "optimizer": None, "step": 0, "samples_seen": 0,
-                                 "class_names": names, "config": C.dump(cfg), "scaler": None, "meta": meta_ck},
-                                record.ckpt)
-            from torch.utils.tensorboard import SummaryWriter
-            with SummaryWriter(str(record.tb)) as w:
-                for i, t in enumerate(result["trials"]):
-                    w.add_scalar("probe/val_balanced_accuracy", t["val_balanced_accuracy"], i)
-                for key in ("accuracy", "balanced_accuracy", "auc"):
-                    if isinstance(m.get(key), float):
-                        w.add_scalar(f"eval/{key}", m[key], 0)
-            results = cfg.results or str(Path(cfg.out_dir) / "results.jsonl")
-            append_row(results, row)
-            record.finish(row)
+            _save_probe(record, cfg, model, result, names, ck, time.perf_counter() - t0, meta.get("measures") or {})
+            record.publish(row, results_path(cfg))
             print(f"[{cfg.run_name}] probe{' (k=%s)' % meta.get('shots') if meta.get('shots') else ''}: C={m['probe_c']:g} "
                   f"(val balanced accuracy {m['probe_val_balanced_accuracy']:.3f}); test accuracy {m['accuracy']:.4f}, "
                   f"balanced {m['balanced_accuracy']:.4f}" + (" [collapsed]" if m.get("collapsed") else ""), flush=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from covidnetx import config as C
-from covidnetx.train.tasks import run_configs
+from covidnetx.train.runner import run_configs
 from covidnetx.utils import UserError
 
 
@@ -42,11 +42,3 @@ def run(args) -> int:
         print(f"covidnetx runs: error: {e}", file=sys.stderr)
         return 2
     return run_configs(cfgs, "runs")
-
-
-def main(argv=None) -> int:
-    return run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

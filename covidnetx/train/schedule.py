@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from covidnetx import config as C
+
 
 def bit_hyperrule(n_train: int) -> dict:
     """Schedule by training-set size: <20k -> 500 steps (warmup 100, /10 at 200/300/400);
@@ -49,7 +51,6 @@ def resolve_run(cfg, n_train: int, world_size: int) -> tuple:
     """(``cfg`` with its schedule written in, the Schedule) for a run on ``n_train`` samples and
     ``world_size`` ranks; BiT-HyperRule fills unset values of transfer runs with ``hyperrule`` on. What the
     run saves in config.yaml and its checkpoints."""
-    from covidnetx import config as C
     sched = resolve_schedule(cfg.optim, n_train, world_size, cfg.task == "transfer" and cfg.hyperrule)
     return C.with_schedule(cfg, sched), sched
 

@@ -1,12 +1,7 @@
 """`covidnetx transfer --config F regime=full|linear|fewshot [key=value ...]`: transfer to a target."""
-import sys
 from functools import partial
 
-from covidnetx.train import tasks
+from covidnetx.train import runner as tasks
 
 build_parser = partial(tasks.build_parser, task="transfer")
 run = tasks.run
-main = tasks.main_transfer
-
-if __name__ == "__main__":
-    sys.exit(main())

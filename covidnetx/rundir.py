@@ -1,4 +1,4 @@
-"""The run record: the one module that knows a run directory's files and the checkpoint format.
+"""The run directory: the one module that knows a run's files, the checkpoint format, where the row goes.
 
 A run directory ``OUT/RUN_NAME/`` holds::
 
@@ -10,20 +10,25 @@ A run directory ``OUT/RUN_NAME/`` holds::
     head.npz, probe.json   a linear probe's head and its trials (probe runs)
 
 Every file is written atomically (temporary sibling, then rename): a killed job leaves the previous
-version or the new one. Checkpoints are read with ``torch.load(weights_only=True)`` here and nowhere
-else: a pickle that would build any other object or call a function is refused before it runs.
+version or the new one. Checkpoints are built (``checkpoint``) and read (``read_checkpoint``, one rule
+for what a covidnetx checkpoint is) here and nowhere else, with ``torch.load(weights_only=True)``: a
+pickle that would build any other object or call a function is refused before it runs. A run's row
+goes to the results table first, then to ``done.json`` (``RunDir.publish``): a killed job leaves a run
+that reruns, never one marked done without its row.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
 from typing import Optional
 
-from covidnetx.results import ResultRow, json_safe
+from covidnetx import config as C
+from covidnetx.results import ResultRow, append_row, json_safe
 from covidnetx.utils import UserError, atomic_write_bytes, atomic_write_json, require_file
 
 CONFIG = "config.yaml"
@@ -33,12 +38,27 @@ DONE = "done.json"
 TB = "tb"
 PROBE_HEAD = "head.npz"
 PROBE_TRIALS = "probe.json"
-CHECKPOINT_KEYS = ("model", "step", "class_names")       # what makes a file a covidnetx training checkpoint
+CHECKPOINT_KEYS = ("model", "step", "class_names", "config")       # what makes a file a covidnetx checkpoint
+RESULTS = "results.jsonl"
+
+
+def results_path(cfg) -> str:
+    """The results table a run appends to: ``results``, or OUT_DIR/results.jsonl."""
+    return cfg.results or str(Path(cfg.out_dir) / RESULTS)
+
+
+def checkpoint(*, model: dict, class_names, config: str, meta: dict, step: int = 0, samples_seen: int = 0,
+               optimizer: Optional[dict] = None, scaler: Optional[dict] = None) -> dict:
+    """A covidnetx checkpoint: the model's state dict, the classes of its head, its resolved config (YAML
+    text), the step and samples seen, the optimizer (and fp16 scaler) state a resume needs, and what it
+    says of its run (``meta``: read by transfer runs initialised from it and by reports)."""
+    return {"model": model, "optimizer": optimizer, "step": int(step), "samples_seen": int(samples_seen),
+            "class_names": list(class_names), "config": config, "scaler": scaler, "meta": dict(meta)}
 
 
 def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:
     """``torch.save`` to memory, then one atomic write (a full disk is one UserError naming the file)."""
-    import torch
+    import torch  # lazy: heavy, packing and sweep --status never import torch
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -47,7 +67,7 @@ def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:
 def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint"):
     """The one place covidnetx reads a checkpoint file: ``torch.load`` with ``weights_only=True`` (tensors,
     numbers, strings and containers). A missing or unreadable file is a UserError naming it."""
-    import torch
+    import torch  # lazy: heavy, packing and sweep --status never import torch
     require_file(path, what)
     try:
         with warnings.catch_warnings():      # the one error below says it all (torch warns about pickles first)
@@ -59,12 +79,18 @@ def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint"):
                         f"({type(e).__name__}: {first})") from None
 
 
-def check_training_checkpoint(state, where: str) -> dict:
-    """``state`` if it is a covidnetx training checkpoint (what resume needs), else one UserError."""
-    lacks = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
-    if lacks:
-        raise UserError(f"{where}: not a covidnetx training checkpoint (lacks {', '.join(lacks)}); "
-                        "model.init_from takes plain weights")
+def is_checkpoint(state) -> bool:
+    """The one rule: a dict with every key of ``CHECKPOINT_KEYS`` and a state dict as its model."""
+    return isinstance(state, dict) and all(k in state for k in CHECKPOINT_KEYS) and isinstance(state["model"], dict)
+
+
+def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint", hint: str = "") -> dict:
+    """A covidnetx checkpoint read from ``path`` (weights-only), else one UserError naming the file and
+    what it lacks (``hint`` is added to that message)."""
+    state = load_checkpoint(path, what)
+    if not is_checkpoint(state):
+        lacks = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state] or ["a state dict"]
+        raise UserError(f"{path}: not a covidnetx checkpoint (lacks {', '.join(lacks)})" + (f"; {hint}" if hint else ""))
     return state
 
 
@@ -119,12 +145,11 @@ class RunDir:
         """(checkpoint state or None, how): the resume order's first two steps, this run's own
         ``last.ckpt``, then an explicit ``resume`` checkpoint (``init_from`` weights come after, from
         the model; scratch last)."""
+        hint = "model.init_from takes plain weights"
         if self.ckpt.is_file():
-            state = load_checkpoint(self.ckpt, "the run's own checkpoint")
-            return check_training_checkpoint(state, str(self.ckpt)), f"resumed from {self.ckpt}"
+            return read_checkpoint(self.ckpt, "the run's own checkpoint", hint), f"resumed from {self.ckpt}"
         if resume:
-            state = load_checkpoint(resume, "config key 'resume': checkpoint")
-            return check_training_checkpoint(state, str(resume)), f"resumed from {resume}"
+            return read_checkpoint(resume, "config key 'resume': checkpoint", hint), f"resumed from {resume}"
         return None, "scratch"
 
     def state(self, now: Optional[float] = None) -> tuple:
@@ -145,10 +170,34 @@ class RunDir:
             return "checkpointed", f"step unknown, {activity}"
         return "started", f"no checkpoint yet, {activity}"
 
+    def claim(self, cfg, dist, force: bool = False) -> None:
+        """Before a run starts here: a run directory belongs to one config. Reusing its name with another
+        config is an error naming the keys that differ; ``force`` (``--force``) deletes the existing run
+        directory (rank 0; call it inside ``dist.phase()``, whose agreement is the barrier after it), so the
+        run starts over."""
+        if not self.config.is_file():
+            return
+        if force:
+            if dist.is_primary:
+                shutil.rmtree(self.path)
+                print(f"[{cfg.run_name}] --force: removed the earlier run in {self.path}", flush=True)
+            return
+        try:
+            old = C.load_config(str(self.config))
+        except UserError as e:
+            raise UserError(f"run directory {self.path}: its config.yaml is not readable ({e}); pass --force to "
+                            "start the run over") from None
+        # keys this config leaves to the run's start match whatever the run resolved them to (the trainer
+        # compares the resolved values before it resumes: check_resolved)
+        diff = C.differences(old, cfg, ignore=C.RUN_KEYS_FREE + C.unresolved_keys(cfg))
+        if diff:
+            shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+            raise UserError(f"run directory {self.path} holds a run of another config ({shown}); choose another "
+                            "run_name, or pass --force to delete that run and start over")
+
     def check_resolved(self, cfg) -> None:
         """Before a run resumes here: the config resolved for this start (schedule from the training-set
         size and the ranks) is the one the run was started with; else one UserError naming the keys."""
-        from covidnetx import config as C
         if not self.config.is_file():
             return
         saved = C.load_config(str(self.config))
@@ -169,6 +218,10 @@ class RunDir:
         atomic_write_json(self.path / PROGRESS, {"step": step, "total_steps": total_steps,
                                                  "samples_seen": samples_seen, "time": time.time()})
 
-    def finish(self, row: ResultRow) -> None:
-        """Mark the run finished with its result row (after the row is in the results table)."""
-        atomic_write_json(self.path / DONE, json_safe(row.as_dict()))
+    def publish(self, row: ResultRow, results: str) -> None:
+        """Append ``row`` to the results table ``results``; a final row then marks the run finished
+        (``done.json``), so a run is done only once its row is in the table."""
+        append_row(results, row)
+        if row.final:
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.path / DONE, json_safe(row.as_dict()))

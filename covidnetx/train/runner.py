@@ -1,4 +1,6 @@
-"""`covidnetx pretrain` and `covidnetx transfer`: configs -> data views -> Trainer runs.
+"""The run planner and runner behind `covidnetx pretrain`, `transfer` and `runs`: a config -> its runs
+(one per seed; few-shot: per shots x seed) -> data views -> the Trainer or the linear probe, one after
+another in one launcher invocation.
 
     covidnetx pretrain --config CONFIG.yaml [key=value ...]
     covidnetx transfer --config CONFIG.yaml regime=full|linear|fewshot [key=value ...]
@@ -14,13 +16,16 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from covidnetx import config as C
-from covidnetx.data.compose import Mixture, few_shot
-from covidnetx.data.hdf5 import PackedDataset, index_path
+from covidnetx import dist as D
+from covidnetx.data.compose import few_shot
+from covidnetx.data.views import check_sources, source_name, views
+from covidnetx.dist import end_on_error, set_threads
+from covidnetx.launch import EXIT_REQUEUE, STOP, Interrupted, world_from_env
 from covidnetx.models.weights import read as read_weights
-from covidnetx.record import CONFIG, RunDir
+from covidnetx.rundir import RunDir
+from covidnetx.train.engine import Trainer
+from covidnetx.train.probe import run_probe, transfer_measures
 from covidnetx.utils import StopRequested, UserError, ensure_writable_dir
 
 EXIT_NONFINITE = 3
@@ -49,62 +54,7 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None, task: str = "
     return p
 
 
-def check_sources(cfg: C.Config) -> None:
-    if not cfg.data.sources:
-        raise UserError("config key 'data.sources': no packed dataset given")
-    for s in cfg.data.sources:
-        if not index_path(s).is_file():
-            raise UserError(f"config key 'data.sources': {s!r} is not a packed dataset (no {index_path(s).name})")
-
-
 _UPSAMPLE_SAID: set = set()
-
-
-def packed(cfg: C.Config, root: str, split: str) -> PackedDataset:
-    """One split of a packed source, checked before training or evaluation reads it (``data.verify``).
-    Says once per source when ``data.image_size`` is larger than the packed images (they are upsampled)."""
-    ds = PackedDataset(root, split)
-    size = ds.index.get("image_size")
-    if size and max(size) < cfg.data.image_size and str(root) not in _UPSAMPLE_SAID:
-        _UPSAMPLE_SAID.add(str(root))
-        from covidnetx.launch import world_from_env
-        if world_from_env().rank == 0:
-            print(f"note: data.image_size={cfg.data.image_size} is larger than the packed images of {root} "
-                  f"({size[0]}x{size[1]}): they are upsampled; pack with --size {cfg.data.image_size} or lower "
-                  "data.image_size if that is not meant", file=sys.stderr, flush=True)
-    return ds.verify() if cfg.data.verify else ds
-
-
-def _views(cfg: C.Config):
-    """(train, eval, val) views of the config's data: the train split (with the source fraction for
-    pre-training), the split scored at the end, and the val split used for choices during a run (None
-    when it is absent or is the eval split itself)."""
-    check_sources(cfg)
-    if cfg.task == "transfer" and cfg.data.fraction != 1.0:
-        raise UserError("config key 'data.fraction': applies to pre-training sources only; transfer uses the "
-                        "whole target train split (few-shot: shots)")
-    train_parts = [packed(cfg, s, cfg.data.train_split) for s in cfg.data.sources]
-    frac = cfg.data.fraction if cfg.task == "pretrain" else 1.0
-    train = Mixture(train_parts, cfg.data.label_space, frac, cfg.data.fraction_seed, cfg.data.rename)
-
-    def view(split):
-        v = Mixture([packed(cfg, s, split) for s in cfg.data.sources], cfg.data.label_space, 1.0, 0,
-                    cfg.data.rename)
-        if v.class_names != train.class_names:
-            raise UserError(f"train and {split} splits map to different class lists")
-        return v
-    ev = view(cfg.data.eval_split) if cfg.data.eval_split else None
-    val = None
-    if cfg.data.val_split and cfg.data.val_split != cfg.data.eval_split:
-        try:
-            val = view(cfg.data.val_split)
-        except UserError:
-            val = None
-    return train, ev, val
-
-
-def _name(cfg: C.Config) -> str:
-    return "+".join(PackedDataset(s, cfg.data.train_split).index["name"] for s in cfg.data.sources)
 
 
 def _init_meta(path: str) -> dict:
@@ -132,13 +82,13 @@ def plan_runs(cfg: C.Config) -> list:
                 for sub, s in zip(C.run_names(cfg, name), seeds)]
     if cfg.task == "pretrain":
         name = cfg.run_name or f"pretrain-{cfg.model.name}-{base_hash}"
-        meta = {"source": cfg.source_name or _name(cfg), "source_fraction": cfg.data.fraction,
-                "target": cfg.target_name or _name(cfg), "shots": None}
+        meta = {"source": cfg.source_name or source_name(cfg), "source_fraction": cfg.data.fraction,
+                "target": cfg.target_name or source_name(cfg), "shots": None}
         return per_seed(name, meta)
     im = _init_meta(cfg.model.init_from)
     sdom = cfg.source_domain or im.get("domain") or ""
     meta = {"source": cfg.source_name or im.get("source") or ("scratch" if not cfg.model.init_from else "unknown"),
-            "source_fraction": im.get("source_fraction"), "target": cfg.target_name or _name(cfg),
+            "source_fraction": im.get("source_fraction"), "target": cfg.target_name or source_name(cfg),
             "init_meta": im, "source_domain": sdom or None,
             "domain_pair": domain_pair(sdom, cfg.target_domain)}
     if cfg.regime != "fewshot":
@@ -147,7 +97,7 @@ def plan_runs(cfg: C.Config) -> list:
                             "would repeat one run; probe checkpoints pre-trained with different seeds instead")
         name = cfg.run_name or f"transfer-{cfg.regime}-{cfg.model.name}-{base_hash}"
         return per_seed(name, {**meta, "shots": None})
-    train, _, _ = _views(cfg)
+    train, _, _ = views(cfg)
     if train.label_kind != "multiclass":
         raise UserError("few-shot transfer needs a multi-class target")
     names = iter(C.run_names(cfg, cfg.run_name or f"transfer-fewshot-{cfg.model.name}-{base_hash}"))
@@ -163,33 +113,6 @@ def plan_runs(cfg: C.Config) -> list:
 is_probe = C.is_probe
 
 
-def check_run_dir(cfg: C.Config, run_dir: Path, dist, force: bool = False) -> None:
-    """A run directory belongs to one config. Reusing its name with another config is an error naming the
-    keys that differ; ``force`` (``--force``) deletes the existing run directory (rank 0; run it inside
-    ``dist.phase()``, whose agreement is the barrier after it), so the run starts over."""
-    saved = run_dir / CONFIG
-    if not saved.is_file():
-        return
-    if force:
-        if dist.is_primary:
-            import shutil
-            shutil.rmtree(run_dir)
-            print(f"[{cfg.run_name}] --force: removed the earlier run in {run_dir}", flush=True)
-        return
-    try:
-        old = C.load_config(str(saved))
-    except UserError as e:
-        raise UserError(f"run directory {run_dir}: its config.yaml is not readable ({e}); pass --force to "
-                        "start the run over") from None
-    # keys this config leaves to the run's start match whatever the run resolved them to (the trainer
-    # compares the resolved values before it resumes)
-    diff = C.differences(old, cfg, ignore=C.RUN_KEYS_FREE + C.unresolved_keys(cfg))
-    if diff:
-        shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
-        raise UserError(f"run directory {run_dir} holds a run of another config ({shown}); choose another "
-                        "run_name, or pass --force to delete that run and start over")
-
-
 def check_out_dir(cfg: C.Config) -> None:
     """Every rank, before any run: out_dir is (or can be made) a writable folder. Each rank reaches the same
     verdict on a shared file system, so all stop together with one message."""
@@ -197,48 +120,27 @@ def check_out_dir(cfg: C.Config) -> None:
 
 
 def run_one(cfg: C.Config, meta: dict, subset, dist, force: bool = False) -> dict:
-    from covidnetx.train.engine import Trainer
     run_dir = Path(cfg.out_dir) / cfg.run_name
     with dist.phase():
-        check_run_dir(cfg, run_dir, dist, force)
+        RunDir(run_dir).claim(cfg, dist, force)
     with dist.phase():                    # after the one above: a --force removal is complete on rank 0
         done = RunDir(run_dir).result()
         if done is None:
-            train, ev, val = _views(cfg)          # reads and checks the shards
+            train, ev, val = views(cfg)          # reads and checks the shards
     if done is not None:
         if dist.is_primary:
             print(f"[{cfg.run_name}] already done; skipping", flush=True)
         return done
     meta = dict(meta)
     if cfg.task == "transfer" and cfg.model.init_from and "measures" not in meta:
-        from covidnetx.train.probe import transfer_measures
         meta["measures"] = transfer_measures(cfg, dist, train, meta.get("init_meta") or {})
     if cfg.task == "transfer" and is_probe(cfg):
-        from covidnetx.train.probe import run_probe
         return run_probe(cfg, dist, train, ev, val, run_dir, meta, subset)
     if subset is not None:
         train = train.subset(subset)
     with dist.phase():
         trainer = Trainer(cfg, dist, train, ev, run_dir, meta, val_view=val)
     return trainer.fit()
-
-
-def default_threads() -> int:
-    """Intra-op threads per process when the config leaves ``threads`` at 0: the CPUs this process may
-    run on. When a launcher bound it (srun --cpus-per-task, mpirun --bind-to ...), its affinity set is
-    its share already; when unbound (the whole machine), the machine is split among the ranks on this
-    node. os.cpu_count() alone would give every rank of a 4-GPU node all 128 cores of the node."""
-    from covidnetx.launch import world_from_env
-    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if allowed < (os.cpu_count() or allowed):
-        return max(1, allowed)
-    local = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "0") or 0)
-                or world_from_env().size)
-    return max(1, allowed // max(1, local))
-
-
-def set_threads(cfg: C.Config) -> None:
-    torch.set_num_threads(cfg.threads or default_threads())
 
 
 def run(args) -> int:
@@ -248,7 +150,6 @@ def run(args) -> int:
     try:
         cfg = C.load_config(args.config, [f"task={args.task}"] + list(args.overrides))
     except UserError as e:
-        from covidnetx.launch import world_from_env
         if world_from_env().rank == 0:      # every rank read the same config: one message
             print(f"covidnetx {args.task}: error: {e}", file=sys.stderr)
         return 2
@@ -261,9 +162,6 @@ def run(args) -> int:
 def run_configs(cfgs: list, label: str, force: bool = False) -> int:
     """Run configs one after another in this launcher invocation (the distributed backend is started
     once; few-shot configs expand to shots x seeds runs). Finished runs are skipped."""
-    from covidnetx import dist as D
-    from covidnetx.dist import end_on_error
-    from covidnetx.train.engine import EXIT_REQUEUE, STOP, Interrupted
     set_threads(cfgs[0])
     dist = None
     with STOP:                 # from here on SIGUSR1/SIGTERM end in exit EXIT_REQUEUE, never in a killed step
@@ -298,11 +196,3 @@ def run_configs(cfgs: list, label: str, force: bool = False) -> int:
         finally:
             if dist is not None:
                 dist.shutdown()
-
-
-def main_pretrain(argv=None) -> int:
-    return run(build_parser(task="pretrain").parse_args(argv))
-
-
-def main_transfer(argv=None) -> int:
-    return run(build_parser(task="transfer").parse_args(argv))

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from covidnetx.results import ResultRow, read_jsonl
 from covidnetx.scaling.stats import t975
 from covidnetx.utils import UserError, read_text
 
@@ -90,7 +91,6 @@ def table_rows(path) -> list:
         except csv.Error as e:
             raise UserError(f"{p}:{reader.line_num}: malformed CSV ({e})") from None
     else:
-        from covidnetx.results import ResultRow, read_jsonl
         # covidnetx's own rows (they carry their schema version) are checked field by field; other JSONL
         # tables are read as plain columns
         pairs = []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from covidnetx.eval.metrics import confusion, from_confusion
-from covidnetx.scaling.table import cell_flags, final_rows, format_cell, load_table
+from covidnetx.scaling.cells import cell_flags, final_rows, format_cell, load_table
 
 
 def _run(acc, ba=None, lo=None, hi=None, k=3, collapsed=False):
@@ -64,7 +64,7 @@ def test_tables_load_from_jsonl_and_csv(tmp_path):
 def test_cells_count_checkpoints_not_few_shot_draws():
     """Five few-shot draws on each of two checkpoints: n = 2 units (each the mean of its draws), and the
     chance flag reads the units' spread, not the draws'."""
-    from covidnetx.scaling.table import summarise_units, units
+    from covidnetx.scaling.cells import summarise_units, units
     rows = []
     for ck, level in ((0, 0.4), (1, 0.7)):
         for d in range(5):

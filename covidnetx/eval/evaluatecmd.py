@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Optional
 
 from covidnetx import config as C
-from covidnetx.utils import UserError, atomic_write_json, read_yaml, run_main
+from covidnetx import dist as D
+from covidnetx.data.compose import Mixture
+from covidnetx.data.transforms import Preprocess
+from covidnetx.data.views import check_sources, packed
+from covidnetx.dist import end_on_error, set_threads
+from covidnetx.eval.evaluator import evaluate_model
+from covidnetx.models import create_model, load_state
+from covidnetx.results import json_safe
+from covidnetx.rundir import read_checkpoint
+from covidnetx.utils import UserError, atomic_write_json, read_yaml
 
 SUMMARY = ("n", "accuracy", "balanced_accuracy", "auc", "ap")
 
@@ -30,26 +39,9 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     return p
 
 
-def _load_checkpoint(path: str) -> dict:
-    from covidnetx.record import load_checkpoint
-    ck = load_checkpoint(path)
-    missing = [k for k in ("model", "config", "class_names") if not isinstance(ck, dict) or k not in ck]
-    if missing:
-        raise UserError(f"checkpoint {path!r} is not a covidnetx checkpoint (lacks {', '.join(missing)})")
-    return ck
-
-
 def run(args) -> int:
-    from covidnetx import dist as D
-    from covidnetx.dist import end_on_error
-    from covidnetx.data.compose import Mixture
-    from covidnetx.data.transforms import Preprocess
-    from covidnetx.models import create_model, load_state
-    from covidnetx.results import json_safe
-    from covidnetx.train.engine import evaluate_model
-    from covidnetx.train.tasks import check_sources, packed, set_threads
 
-    ck = _load_checkpoint(args.checkpoint)
+    ck = read_checkpoint(args.checkpoint)
     cfg = C.load_config(overrides=list(args.overrides), base=read_yaml(ck["config"], f"{args.checkpoint}: its config"))
     if not cfg.data.eval_split:
         raise UserError("config key 'data.eval_split' is empty: name the split to evaluate (e.g. data.eval_split=test)")
@@ -85,11 +77,3 @@ def run(args) -> int:
     finally:
         dist.shutdown()
     return 0
-
-
-def main(argv=None) -> int:
-    return run_main("covidnetx evaluate", build_parser, run, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
