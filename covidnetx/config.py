@@ -183,8 +183,12 @@ def _unknown(key: str, known_here=None, schema: Optional["Schema"] = None) -> Us
     keys known at that level; and where the whole list is."""
     schema = schema or RUN_SCHEMA
     near = difflib.get_close_matches(key, [k for k, *_ in key_reference(schema.root)], n=1, cutoff=0.75)
-    hint = f"did you mean {near[0]!r}?" if near else (
-        f"known here: {', '.join(sorted(known_here))}" if known_here else "")
+    if near and near[0] == key:         # a known dotted key written inside a YAML mapping
+        top, _, rest = key.partition(".")
+        hint = f"a dotted name inside a mapping: nest it ({top}: {{{rest}: ...}}); dotted names are for overrides"
+    else:
+        hint = f"did you mean {near[0]!r}?" if near else (
+            f"known here: {', '.join(sorted(known_here))}" if known_here else "")
     return UserError(f"unknown {schema.what} {key!r}" + (f" ({hint})" if hint else "")
                      + f"; `{schema.keys_cmd}` lists every key")
 
@@ -284,6 +288,8 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"config key 'seeds': {cfg.seeds} repeats a seed")
     if not cfg.probe_c:
         raise UserError("config key 'probe_c': needs at least one value")
+    if cfg.class_weights == "balanced" and cfg.loss == "bce":
+        raise UserError("config key 'class_weights': balanced needs the ce loss (multi-class labels); loss is bce")
     return cfg
 
 

@@ -12,6 +12,9 @@ def test_merge_class_names():
     assert merge_class_names([["a", "b", "c"], ["c", "b"]], "intersection") == ["b", "c"]
     with pytest.raises(UserError, match="share no class"):
         merge_class_names([["a"], ["b"]], "intersection")
+    # a rename that gives two classes of one dataset the same name merges them: one name, once
+    assert merge_class_names([["a", "b", "b"], ["c"]], "union") == ["a", "b", "c"]
+    assert merge_class_names([["b", "a", "b"], ["b", "a"]], "intersection") == ["b", "a"]
 
 
 def test_fractions_are_nested_stratified_and_seeded():
@@ -60,6 +63,8 @@ def test_mixture_union_intersection_and_fraction(tmp_path):
         assert np.array_equal(u.read_image(int(i)), b.read_image(int(j)))
     inter = Mixture([a, b], "intersection", rename={"No Finding": "normal"})
     assert inter.class_names == ["normal"] and len(inter) == 7 and set(inter.labels) == {0}
+    merged = Mixture([a], "union", rename={"cat": "animal", "dog": "animal"})     # two classes of a into one
+    assert merged.class_names == ["animal", "normal"] and [int((merged.labels == i).sum()) for i in (0, 1)] == [8, 4]
     half = Mixture([a, b], "union", fraction=0.5, seed=0, rename={"No Finding": "normal"})
     assert len(half) == 2 + 2 + 4 + 2     # round(0.5 * n) per class: 4->2, 4->2, 7->4 (banker's: 3.5->4), 3->2
 

@@ -124,3 +124,16 @@ def test_keys_added_later_leave_existing_run_ids_alone():
     assert C.config_hash(C.load_config(None, ["task=pretrain", "optim.min_steps=250"])) != "9fbcb8dd03b2"
     assert C.config_hash(C.load_config(None, ["task=pretrain", "progress_s=5"])) == "9fbcb8dd03b2"
     assert C.config_hash(C.load_config(None, ["task=pretrain", "class_weights=balanced"])) != "9fbcb8dd03b2"
+
+
+def test_class_weights_with_bce_and_dotted_keys_in_a_mapping_are_refused_when_the_config_loads(tmp_path):
+    with pytest.raises(UserError, match="'class_weights': balanced needs the ce loss .*loss is bce"):
+        C.load_config(None, ["class_weights=balanced", "loss=bce"])
+    f = tmp_path / "c.yaml"
+    f.write_text("data.image_size: 32\n")
+    with pytest.raises(UserError, match=r"unknown config key 'data.image_size' \(a dotted name inside a mapping: "
+                                        r"nest it \(data: \{image_size: ...\}\)"):
+        C.load_config(str(f))
+    f.write_text("data: {image_sise: 32}\n")                # a typo still gets its nearest key
+    with pytest.raises(UserError, match="did you mean 'data.image_size'"):
+        C.load_config(str(f))

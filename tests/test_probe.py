@@ -94,3 +94,13 @@ def test_fit_probe_on_a_few_shot_subset_uses_only_those_examples():
     # the same subset gives the same head (the probe is deterministic)
     again = fit_probe(sets, one_each, cfg, NAMES)
     assert np.array_equal(again["W"], few["W"]) and again["metrics"]["probe_c"] == few["metrics"]["probe_c"]
+
+
+def test_balanced_class_weights_raise_the_minority_class_recall_of_the_probe():
+    rng = np.random.default_rng(3)
+    y = np.r_[np.zeros(300, int), np.ones(15, int)]             # 20:1, overlapping classes
+    f = rng.normal(size=(len(y), 4)) + 1.2 * y[:, None]
+    W0, b0, _, _ = _fit_logreg(f, y, 1.0, 2)
+    Wb, bb, _, _ = _fit_logreg(f, y, 1.0, 2, "balanced")
+    recall = [float(np.mean((f[y == 1] @ W.T + b).argmax(1) == 1)) for W, b in ((W0, b0), (Wb, bb))]
+    assert recall[1] > recall[0] + 0.3, recall

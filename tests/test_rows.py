@@ -24,6 +24,7 @@ def test_result_row_records_what_ran_and_merges_the_metrics_last():
     assert row.world_size == 2 and row.backend == "horovod" and row.epochs == 640 / 200
     assert row.domain_pair == "intra" and row.logme == 0.3 and row.extra["sensitivity/viral"] == 0.6
     assert row.config_hash == C.config_hash(cfg) and row.probe_iterations is None
+    assert row.extra["class_weights"] == "none"                 # recorded, so tables can tell weighted runs
     probe = result_row(cfg, _Dist(), meta, {**m, "probe_iterations": 17}, params=100, trainable_params=9,
                        train_size=200, steps=0, total_steps=0, samples_seen=200, global_batch=None, flops=0.0,
                        flops_fwd=5, img_per_s=0.0, mixup=0.0, final=True)

@@ -19,10 +19,12 @@ def merge_class_names(lists: Sequence[Sequence[str]], mode: str) -> list:
     if mode == "union":
         out: list = []
         for names in lists:
-            out += [c for c in names if c not in out]
+            for c in names:                 # a rename may give two classes of one dataset the same name
+                if c not in out:
+                    out.append(c)
         return out
     common = set(lists[0]).intersection(*map(set, lists[1:]))
-    out = [c for c in lists[0] if c in common]
+    out = list(dict.fromkeys(c for c in lists[0] if c in common))
     if not out:
         raise UserError("the datasets share no class name: an intersection label space would be empty "
                         "(rename classes with a mapping, or use union)")
@@ -98,8 +100,10 @@ class Mixture:
             else:
                 mapped = np.full((len(lab), len(self.class_names)), np.nan, np.float32)
                 for j, c in enumerate(names):
-                    if c in pos:
-                        mapped[:, pos[c]] = lab[:, j]
+                    if c in pos:                # classes renamed to one name: positive where either is
+                        cur, new = mapped[:, pos[c]], lab[:, j].astype(np.float32)
+                        mapped[:, pos[c]] = np.where(np.isnan(cur), new, np.where(np.isnan(new), cur,
+                                                                                   np.maximum(cur, new)))
                 keep = np.arange(len(lab))
                 labels.append(mapped)
             items.append(np.stack([np.full(len(keep), pi), keep], 1))

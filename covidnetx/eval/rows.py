@@ -43,7 +43,8 @@ def result_row(cfg: C.Config, dist, meta: dict, metrics: dict, *, params: int, t
         domain_pair=meta.get("domain_pair"), img_per_s=float(img_per_s), precision=cfg.precision,
         mixup=float(mixup), loader=cfg.data.loader, backend=dist.backend, eval_split=cfg.data.eval_split,
         git_sha=git_sha(), config_hash=C.config_hash(cfg), final=final, time=time.time(),
-        align_ref=measures.get("align_ref"), align_norm=measures.get("align_norm"), logme=measures.get("logme"))
+        align_ref=measures.get("align_ref"), align_norm=measures.get("align_norm"), logme=measures.get("logme"),
+        class_weights=cfg.class_weights)
     for k in ("n", "n_classes", "accuracy", "balanced_accuracy", "auc", "ap"):
         fields[k] = metrics.get(k)
     fields.update({k: v for k, v in metrics.items() if k not in fields and k != "schema"})

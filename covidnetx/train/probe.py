@@ -223,12 +223,14 @@ def transfer_measures(cfg: C.Config, dist, pool: Mixture, init_meta: dict) -> di
     return dist.broadcast_object(out if dist.is_primary else None)
 
 
-def _fit_logreg(x, y, c: float, k: int):
+def _fit_logreg(x, y, c: float, k: int, class_weights: str = "none"):
     """Multinomial logistic regression (L-BFGS to convergence) at inverse L2 strength ``c``: (W (k, d),
-    b (k,), converged, iterations); a class absent from ``y`` gets a bias that is never chosen."""
+    b (k,), converged, iterations); a class absent from ``y`` gets a bias that is never chosen.
+    ``class_weights`` balanced weighs each class by n / (classes x its count), as the trainer's loss."""
     from sklearn.exceptions import ConvergenceWarning  # lazy: heavy, scikit-learn, only when a probe fits
     from sklearn.linear_model import LogisticRegression  # lazy: heavy, scikit-learn, only when a probe fits
-    clf = LogisticRegression(C=c, max_iter=5000, tol=1e-6)
+    clf = LogisticRegression(C=c, max_iter=5000, tol=1e-6,
+                             class_weight="balanced" if class_weights == "balanced" else None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(x, y)
@@ -261,7 +263,7 @@ def standardiser(f: np.ndarray) -> tuple:
     return mu, np.where(sd > 1e-8 * max(1.0, float(sd.max(initial=0.0))), sd, 1.0)
 
 
-def select_c(xt, yt, xv, yv, cs, class_names) -> tuple:
+def select_c(xt, yt, xv, yv, cs, class_names, class_weights: str = "none") -> tuple:
     """Fit the probe at every inverse L2 strength in ``cs`` on (xt, yt) and keep the one with the best
     balanced accuracy on (xv, yv); ties: lower val log-loss, then the stronger regularisation (smaller C).
     Returns (best trial, all trials); a trial is {C, val_balanced_accuracy, val_log_loss, converged,
@@ -269,7 +271,7 @@ def select_c(xt, yt, xv, yv, cs, class_names) -> tuple:
     k = len(class_names)
     trials = []
     for c in cs:
-        W, b, conv, iters = _fit_logreg(xt, yt, c, k)
+        W, b, conv, iters = _fit_logreg(xt, yt, c, k, class_weights)
         pv = _softmax(xv @ W.T + b)
         ba = from_confusion(confusion(yv, pv.argmax(1), k), list(class_names))["balanced_accuracy"]
         ll = float(-np.mean(np.log(np.maximum(pv[np.arange(len(yv)), yv], 1e-12)))) if len(yv) else float("nan")
@@ -295,7 +297,7 @@ def fit_probe(sets: dict, subset, cfg: C.Config, class_names) -> dict:
     mu, sd = standardiser(fp)
     idx = np.arange(len(yp)) if subset is None else np.asarray(subset)
     best, trials = select_c((fp[idx] - mu) / sd, yp[idx], (sets["val"][0] - mu) / sd, sets["val"][1],
-                            cfg.probe_c, names)
+                            cfg.probe_c, names, cfg.class_weights)
     Wf, bf = fold_head(best["W"], best["b"], mu, sd)
     fe, ye = sets["test"]
     scores = _softmax(fe.astype(np.float64) @ Wf.T + bf)
