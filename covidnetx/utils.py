@@ -61,14 +61,13 @@ def check_stop() -> None:
 
 
 class _StrictLoader:
-    """Built lazily (PyYAML is imported on first use): a SafeLoader that refuses aliases (no expansion
-    bombs; covidnetx writes none) and duplicate keys (the last would win without a word)."""
+    """Built once, on first use: a SafeLoader that refuses aliases (no expansion bombs; covidnetx writes
+    none) and duplicate keys (the last would win without a word)."""
     cls = None
 
     @classmethod
     def get(cls):
         if cls.cls is None:
-
             class Loader(yaml.SafeLoader):
                 def compose_node(self, parent, index):
                     if self.check_event(yaml.AliasEvent):
@@ -162,7 +161,6 @@ def read_yaml(text: str, where: str):
 def dump_yaml(obj, **kw) -> str:
     """YAML text without anchors or aliases (a value used twice is written twice), so that covidnetx's
     own files always pass ``read_yaml``."""
-
     class Dumper(yaml.SafeDumper):
         def ignore_aliases(self, data):
             return True

@@ -54,9 +54,6 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None, task: str = "
     return p
 
 
-_UPSAMPLE_SAID: set = set()
-
-
 def _init_meta(path: str) -> dict:
     """What a covidnetx checkpoint says of its run ({} for other weight files)."""
     if not path or not os.path.isfile(path) or path.lower().endswith((".npz", ".safetensors")):
